@@ -1,0 +1,13 @@
+// The pybind11 module fi_backend._C. Each feature binds its launchers in its own
+// translation unit; launchers take device pointers, shapes, strides and the CUDA stream
+// as integers, so the module never links libtorch (DESIGN.md, decision 1).
+#include <pybind11/pybind11.h>
+
+namespace fi_backend {
+void bind_merge_states(pybind11::module_& m);
+}  // namespace fi_backend
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fi_backend CUDA kernels (pybind11, torch-free)";
+  fi_backend::bind_merge_states(m);
+}
