@@ -38,7 +38,9 @@ def find_cuda_home() -> Path:
         candidates.append(Path(nvcc_on_path).resolve().parent.parent)
     candidates.append(Path("/usr/local/cuda"))
     for home in candidates:
-        if (home / "bin" / "nvcc").exists():
+        # nvcc on PATH may be a wrapper script outside the toolkit (/usr/local/bin/nvcc that
+        # execs the real one), so a root counts only if it also holds the runtime headers.
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
             return home
     sys.exit(
         "fi_backend: nvcc (the CUDA compiler) was not found, so the CUDA extension cannot be "

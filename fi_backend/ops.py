@@ -1,0 +1,93 @@
+"""Public Python API of fi_backend's kernels.
+
+Functions here check their tensors (dtype, device, shape, strides) and raise ValueError
+before anything is launched or written, then hand device pointers, element strides and the
+current CUDA stream to the torch-free extension `fi_backend._C` (DESIGN.md, decision 1).
+LSE values are natural logarithms (fi_backend/variants.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fi_backend import _C
+from fi_backend._checks import (
+    check_cuda,
+    check_dtype,
+    check_is_tensor,
+    check_last_dim_contiguous,
+    check_shape,
+    check_vector_aligned,
+)
+
+MERGE_STATES_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The kernel's limits, defined once in fi_backend/csrc/merge_states.h.
+MERGE_STATES_MAX_HEAD_DIM: int = _C.MERGE_STATES_MAX_HEAD_DIM
+MERGE_STATES_HEAD_DIM_MULTIPLE: int = _C.MERGE_STATES_HEAD_DIM_MULTIPLE
+
+
+def merge_states(
+    v: torch.Tensor,
+    s: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+    out_lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merges partial attention results computed over disjoint key sets.
+
+    v: `(num_rows, num_states, num_heads, head_dim)` float16/bfloat16/float32, each partial
+       output normalized over its own keys; head_dim a multiple of 8 up to 512; last
+       dimension contiguous, other strides free (multiples of 16 bytes).
+    s: `(num_rows, num_states, num_heads)` float32, the natural-log LSE of each partial;
+       -inf marks an empty partial, whose v is ignored (it may hold anything, NaN included).
+    out, out_lse: optional outputs `(num_rows, num_heads, head_dim)` in v.dtype and
+       `(num_rows, num_heads)` float32, written in place (any strides as for v).
+
+    Returns `(o, lse)`: o = sum_s exp(s - lse) * v over the states, lse = logsumexp_s(s).
+    A (row, head) whose partials are all empty gets o = 0 and lse = -inf.
+    """
+    check_is_tensor("v", v)
+    check_is_tensor("s", s)
+    check_shape("v", v, (None, None, None, None),
+                ("num_rows", "num_states", "num_heads", "head_dim"))
+    num_rows, num_states, num_heads, head_dim = v.shape
+    check_dtype("v", v, MERGE_STATES_DTYPES)
+    if head_dim % MERGE_STATES_HEAD_DIM_MULTIPLE != 0 or not (
+            0 < head_dim <= MERGE_STATES_MAX_HEAD_DIM):
+        raise ValueError(f"head_dim {head_dim} (v.shape[3]) is not supported; supported: "
+                         f"multiples of {MERGE_STATES_HEAD_DIM_MULTIPLE} up to "
+                         f"{MERGE_STATES_MAX_HEAD_DIM}")
+    check_last_dim_contiguous("v", v)
+    check_vector_aligned("v", v)
+    check_shape("s", s, (num_rows, num_states, num_heads),
+                ("num_rows", "num_states", "num_heads"))
+    check_dtype("s", s, (torch.float32,))
+    if out is not None:
+        check_is_tensor("out", out)
+        check_shape("out", out, (num_rows, num_heads, head_dim),
+                    ("num_rows", "num_heads", "head_dim"))
+        check_dtype("out", out, (v.dtype,))
+        check_last_dim_contiguous("out", out)
+        check_vector_aligned("out", out)
+    if out_lse is not None:
+        check_is_tensor("out_lse", out_lse)
+        check_shape("out_lse", out_lse, (num_rows, num_heads), ("num_rows", "num_heads"))
+        check_dtype("out_lse", out_lse, (torch.float32,))
+    check_cuda("v", v)
+    for name, tensor in (("s", s), ("out", out), ("out_lse", out_lse)):
+        if tensor is not None:
+            check_cuda(name, tensor, v.device)
+
+    o = out if out is not None else v.new_empty((num_rows, num_heads, head_dim))
+    lse = out_lse if out_lse is not None else s.new_empty((num_rows, num_heads))
+    with torch.cuda.device(v.device):
+        _C.merge_states(
+            dtype=str(v.dtype).removeprefix("torch."),
+            v=v.data_ptr(), v_strides=v.stride()[:3],
+            s=s.data_ptr(), s_strides=s.stride(),
+            o=o.data_ptr(), o_strides=o.stride()[:2],
+            lse=lse.data_ptr(), lse_strides=lse.stride(),
+            num_rows=num_rows, num_states=num_states, num_heads=num_heads, head_dim=head_dim,
+            stream=torch.cuda.current_stream(v.device).cuda_stream,
+        )
+    return o, lse
