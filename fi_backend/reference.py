@@ -155,10 +155,11 @@ def gather_request_kv(kv: BlockSparseKV, request: int) -> tuple[torch.Tensor, to
     return k, v
 
 
-def _request_bounds(qo_indptr: torch.Tensor, kv: BlockSparseKV) -> list[tuple[int, int, int]]:
+def _request_bounds(qo_indptr: torch.Tensor, kv_len_per_req: torch.Tensor
+                    ) -> list[tuple[int, int, int]]:
     """(q_begin, q_end, kv_len) per request, checked: each request has q_len <= kv_len."""
     qo = [int(x) for x in qo_indptr.tolist()]
-    kv_lens = [int(x) for x in kv.kv_len_per_req.tolist()]
+    kv_lens = [int(x) for x in kv_len_per_req.tolist()]
     if len(qo) != len(kv_lens) + 1:
         raise ValueError(
             f"qo_indptr has {len(qo)} entries; it needs batch_size + 1 = {len(kv_lens) + 1}")
@@ -191,7 +192,7 @@ def batch_attention(q: torch.Tensor, qo_indptr: torch.Tensor, kv: BlockSparseKV,
     Request `b` owns query rows `qo_indptr[b]:qo_indptr[b+1]` and the first `kv_len_b` tokens
     of its pages; its query `i` sits at position `kv_len_b - q_len_b + i`. `custom_masks[b]` is
     bool `[q_len_b, kv_len_b]` or None."""
-    bounds = _request_bounds(qo_indptr, kv)
+    bounds = _request_bounds(qo_indptr, kv.kv_len_per_req)
     masks = _check_masks(custom_masks, len(bounds))
     o = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
@@ -211,17 +212,18 @@ def cascade_attention(q: torch.Tensor, qo_indptr: torch.Tensor, prefix: BlockSpa
     """Two-level attention: every request attends to the shared `prefix` (one BSR row, keys at
     positions `0 .. prefix_len-1`) and to its own row of `suffix` (keys from `prefix_len` on);
     the two partial states are merged by LSE and sinks applied once. Equals `batch_attention`
-    over the concatenated pages."""
+    over the concatenated pages; queries may reach back into the prefix (q_len <= prefix_len +
+    suffix_len)."""
     (prefix_len,) = (int(x) for x in prefix.kv_len_per_req.tolist())
     k_prefix, v_prefix = gather_request_kv(prefix, 0)
-    bounds = _request_bounds(qo_indptr, suffix)
+    bounds = _request_bounds(qo_indptr, suffix.kv_len_per_req + prefix_len)
     o = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
-    for b, (q_begin, q_end, suffix_len) in enumerate(bounds):
+    for b, (q_begin, q_end, kv_len) in enumerate(bounds):
         if q_end == q_begin:
             continue
         q_b = q[q_begin:q_end]
-        q_pos_start = prefix_len + suffix_len - (q_end - q_begin)
+        q_pos_start = kv_len - (q_end - q_begin)
         k_b, v_b = gather_request_kv(suffix, b)
         o_prefix, lse_prefix = attention_dense(
             q_b, k_prefix.to(q.device), v_prefix.to(q.device), variant, q_pos_start,
