@@ -1,0 +1,107 @@
+// Ahead-of-time instantiations of the batch-attention kernels (dtype x head_dim) and their
+// launcher. Variants are run-time parameters, so this is the whole set.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "attention/batch_attention.cuh"
+#include "batch_attention.h"
+#include "common/cuda_check.cuh"
+
+namespace fi_backend {
+namespace {
+
+void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument("batch_attention: " + message);
+}
+
+bool aligned_view(const void* ptr, std::initializer_list<std::int64_t> strides) {
+  if (!is_aligned(reinterpret_cast<std::uintptr_t>(ptr), 16)) return false;
+  for (const std::int64_t stride : strides) {
+    if (stride % 8 != 0) return false;  // 8 half-precision elements = 16 bytes
+  }
+  return true;
+}
+
+void check_launch(const BatchAttentionLaunch& l) {
+  const fi_kernels::BatchAttentionParams& p = l.params;
+  require(l.dtype == DType::kFloat16 || l.dtype == DType::kBFloat16,
+          "dtype is not supported; supported: float16, bfloat16");
+  require(p.num_kv_heads > 0 && p.num_qo_heads % p.num_kv_heads == 0,
+          "num_qo_heads " + std::to_string(p.num_qo_heads) + " must be a multiple of num_kv_heads " +
+              std::to_string(p.num_kv_heads));
+  require(p.num_qo_heads / p.num_kv_heads <= fi_kernels::kMaxTileRows,
+          "GQA group " + std::to_string(p.num_qo_heads / p.num_kv_heads) +
+              " is not supported; supported: up to " + std::to_string(fi_kernels::kMaxTileRows));
+  require(p.page_size >= 1, "page_size must be >= 1");
+  require(aligned_view(p.q, {p.q_stride_token, p.q_stride_head}) &&
+              aligned_view(p.k, {p.k_stride_page, p.k_stride_token, p.k_stride_head}) &&
+              aligned_view(p.v, {p.v_stride_page, p.v_stride_token, p.v_stride_head}),
+          "q, k and v need 16-byte aligned pointers and strides that are multiples of 8 elements");
+  require(is_aligned(reinterpret_cast<std::uintptr_t>(p.o), 4) && p.o_stride_token % 2 == 0 &&
+              p.o_stride_head % 2 == 0,
+          "o needs a 4-byte aligned pointer and even strides");
+  require(l.num_ctas >= 1 && l.num_merge_ctas >= 0, "num_ctas must be >= 1");
+}
+
+template <typename T, int HEAD_DIM>
+void launch_typed(const BatchAttentionLaunch& l) {
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(l.stream);
+  constexpr int kSmemBytes = fi_kernels::AttentionSmem<T, HEAD_DIM>::kBytes;
+  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM>;
+  // Raising the dynamic shared-memory limit is per device; repeating it is cheap and keeps
+  // multi-device processes right.
+  FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     kSmemBytes));
+  attention<<<l.num_ctas, fi_kernels::kAttentionThreads, kSmemBytes, stream>>>(l.params);
+  FI_CHECK_LAUNCH("batch_attention_kernel");
+  if (l.num_merge_ctas > 0) {
+    fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>
+        <<<l.num_merge_ctas, fi_kernels::kMergeThreads, 0, stream>>>(l.params);
+    FI_CHECK_LAUNCH("merge_partial_states_kernel");
+  }
+}
+
+template <typename T>
+void launch_head_dim(const BatchAttentionLaunch& l) {
+  switch (l.head_dim) {
+    case 64:
+      return launch_typed<T, 64>(l);
+    case 128:
+      return launch_typed<T, 128>(l);
+    case 256:
+      return launch_typed<T, 256>(l);
+    default:
+      require(false, "head_dim " + std::to_string(l.head_dim) +
+                         " is not supported; supported: 64, 128, 256");
+  }
+}
+
+}  // namespace
+
+void batch_attention(const BatchAttentionLaunch& launch) {
+  check_launch(launch);
+  if (launch.dtype == DType::kFloat16) {
+    launch_head_dim<__half>(launch);
+  } else {
+    launch_head_dim<__nv_bfloat16>(launch);
+  }
+}
+
+int batch_attention_smem_bytes(int head_dim) {
+  switch (head_dim) {
+    case 64:
+      return fi_kernels::AttentionSmem<__half, 64>::kBytes;
+    case 128:
+      return fi_kernels::AttentionSmem<__half, 128>::kBytes;
+    case 256:
+      return fi_kernels::AttentionSmem<__half, 256>::kBytes;
+    default:
+      require(false, "head_dim " + std::to_string(head_dim) +
+                         " is not supported; supported: 64, 128, 256");
+  }
+  return 0;
+}
+
+}  // namespace fi_backend

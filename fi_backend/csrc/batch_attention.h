@@ -1,0 +1,33 @@
+// Launcher of the persistent batch-attention kernel and its split-KV merge
+// (kernels/attention/batch_attention.cuh). Plain C++ so that the host compiler can bind it.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/params.cuh"
+#include "launch_common.h"
+
+namespace fi_backend {
+
+// head_dims compiled ahead of time (one attention and one merge kernel per dtype x head_dim;
+// variants are run-time flags).
+constexpr int kBatchAttentionHeadDims[] = {64, 128, 256};
+
+struct BatchAttentionLaunch {
+  DType dtype;  // of q, k, v, o: float16 or bfloat16
+  int head_dim;
+  fi_kernels::BatchAttentionParams params;
+  int num_ctas;        // attention grid: the plan's fixed CTA count
+  int num_merge_ctas;  // merge grid (fixed); 0 skips the merge launch (plans without splits)
+  std::uintptr_t stream;  // cudaStream_t
+};
+
+// Enqueues the attention launch, then the merge launch, on launch.stream. Throws
+// std::invalid_argument for an unsupported dtype/head_dim or misaligned views and
+// fi_kernels::CudaError when CUDA fails.
+void batch_attention(const BatchAttentionLaunch& launch);
+
+// Dynamic shared memory (bytes) of the attention kernel for this head_dim.
+int batch_attention_smem_bytes(int head_dim);
+
+}  // namespace fi_backend

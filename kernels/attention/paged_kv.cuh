@@ -1,0 +1,76 @@
+// Loads tiles of K and V for one (request, KV head) from a paged cache into shared memory.
+//
+// The cache is read in place through strided views (page, token, head strides in elements;
+// the head_dim axis contiguous), which covers vLLM's packed (num_blocks, num_kv_heads,
+// block_size, 2 * head_dim) cache in NHD order and the plain 5-d cache alike. The pages of the
+// request come from the BSR page table; the page size is a run-time value.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/mma.cuh"
+
+namespace fi_kernels {
+
+// n / d and n % d for a run-time divisor d >= 1 and 0 <= n < 2^31, by one multiply-high:
+// with l = ceil(log2 d) and m = floor(2^32 (2^l - d) / d) + 1, n / d = (umulhi(n, m) + n) >> l
+// (Granlund & Montgomery 1994, section 4).
+struct FastDivmod {
+  std::uint32_t divisor;
+  std::uint32_t multiplier;
+  std::uint32_t shift;
+
+  __host__ __device__ explicit FastDivmod(std::uint32_t d = 1) : divisor(d) {
+    shift = 0;
+    while ((1u << shift) < d) ++shift;
+    const std::uint64_t two_pow_l = std::uint64_t{1} << shift;
+    multiplier = static_cast<std::uint32_t>(((two_pow_l - d) << 32) / d + 1);
+  }
+
+  __device__ __forceinline__ void divmod(int n, int& quotient, int& remainder) const {
+    const std::uint32_t hi = __umulhi(static_cast<std::uint32_t>(n), multiplier);
+    quotient = static_cast<int>((static_cast<std::uint64_t>(hi) + static_cast<std::uint32_t>(n)) >>
+                                shift);
+    remainder = n - quotient * static_cast<int>(divisor);
+  }
+};
+
+template <typename T, int HEAD_DIM, int NUM_THREADS>
+struct PagedKvLoader {
+  using Tile = SwizzledTile<HEAD_DIM>;
+  static constexpr int kChunksPerRow = Tile::kChunksPerRow;
+  static constexpr int kRowsPerPass = NUM_THREADS / kChunksPerRow;
+  static_assert(NUM_THREADS % kChunksPerRow == 0, "a pass covers whole rows");
+
+  const T* k_head;  // k + kv_head * k_stride_head
+  const T* v_head;
+  std::int64_t k_stride_page, k_stride_token;
+  std::int64_t v_stride_page, v_stride_token;
+  const std::int32_t* pages;  // this request's page ids, in sequence order
+  FastDivmod page_size;
+  int kv_hi;  // keys at positions >= kv_hi are not loaded (zero-filled)
+
+  // Issues cp.async copies of keys [tile_lo, tile_lo + TILE_TOKENS) into a swizzled
+  // [TILE_TOKENS][HEAD_DIM] tile; IS_V picks V instead of K. Keys at or past kv_hi become 0.
+  template <int TILE_TOKENS, bool IS_V>
+  __device__ __forceinline__ void load_tile(int tile_lo, T* tile_smem) const {
+    static_assert(TILE_TOKENS % kRowsPerPass == 0, "a tile is a whole number of passes");
+    const int chunk = threadIdx.x % kChunksPerRow;
+    const T* head = IS_V ? v_head : k_head;
+    const std::int64_t stride_page = IS_V ? v_stride_page : k_stride_page;
+    const std::int64_t stride_token = IS_V ? v_stride_token : k_stride_token;
+#pragma unroll
+    for (int pass = 0; pass < TILE_TOKENS / kRowsPerPass; ++pass) {
+      const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
+      const int pos = tile_lo + row;
+      const bool valid = pos < kv_hi;
+      int page_idx = 0, in_page = 0;
+      if (valid) page_size.divmod(pos, page_idx, in_page);
+      const std::int64_t page = valid ? pages[page_idx] : 0;
+      const T* src = head + page * stride_page + in_page * stride_token + chunk * 8;
+      mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src, valid);
+    }
+  }
+};
+
+}  // namespace fi_kernels
