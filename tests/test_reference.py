@@ -179,16 +179,17 @@ def test_batch_attention_rejects_bad_inputs():
 
 
 @pytest.mark.gpu
-def test_oracle_on_gpu_equals_cpu():
+def test_oracle_on_gpu_equals_cpu_and_upcasts_bf16():
     variant = AttentionVariant(window_left=3, logits_soft_cap=2.5, alibi_slopes=ALIBI,
                                sinks=SINKS)
     q, qo_indptr, kv, _ = make_paged_batch(REQUESTS, num_kv_heads=2)
-    o_cpu, lse_cpu = reference.batch_attention(q, qo_indptr, kv, variant)
+    q_bf16 = q.bfloat16()
+    o_cpu, lse_cpu = reference.batch_attention(q_bf16.float(), qo_indptr, kv, variant)
     kv_gpu = BlockSparseKV(kv.indptr.cuda(), kv.indices.cuda(), kv.last_page_len.cuda(),
                            kv.page_size).with_cache(kv.k_cache.cuda(), kv.v_cache.cuda())
     gpu_variant = AttentionVariant(window_left=3, logits_soft_cap=2.5, alibi_slopes=ALIBI.cuda(),
                                    sinks=SINKS.cuda())
-    o, lse = reference.batch_attention(q.cuda().half(), qo_indptr.cuda(), kv_gpu, gpu_variant)
-    assert o.dtype == torch.float32 and o.is_cuda
-    torch.testing.assert_close(o.cpu(), o_cpu, atol=5e-3, rtol=5e-3)
-    torch.testing.assert_close(lse.cpu(), lse_cpu, atol=5e-3, rtol=5e-3)
+    o, lse = reference.batch_attention(q_bf16.cuda(), qo_indptr.cuda(), kv_gpu, gpu_variant)
+    assert o.dtype == lse.dtype == torch.float32 and o.is_cuda
+    torch.testing.assert_close(o.cpu(), o_cpu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.cpu(), lse_cpu, atol=1e-5, rtol=1e-5)
