@@ -26,6 +26,12 @@ MERGE_STATES_MAX_HEAD_DIM: int = _C.MERGE_STATES_MAX_HEAD_DIM
 MERGE_STATES_HEAD_DIM_MULTIPLE: int = _C.MERGE_STATES_HEAD_DIM_MULTIPLE
 
 
+def _element_strides(tensor: torch.Tensor) -> tuple[int, ...]:
+    """Strides in elements, 0 along dimensions of size 1: torch leaves any stride there, and
+    the kernels' alignment contract should not see it."""
+    return tuple(stride if size > 1 else 0 for size, stride in zip(tensor.shape, tensor.stride()))
+
+
 def merge_states(
     v: torch.Tensor,
     s: torch.Tensor,
@@ -83,10 +89,10 @@ def merge_states(
     with torch.cuda.device(v.device):
         _C.merge_states(
             dtype=str(v.dtype).removeprefix("torch."),
-            v=v.data_ptr(), v_strides=v.stride()[:3],
-            s=s.data_ptr(), s_strides=s.stride(),
-            o=o.data_ptr(), o_strides=o.stride()[:2],
-            lse=lse.data_ptr(), lse_strides=lse.stride(),
+            v=v.data_ptr(), v_strides=_element_strides(v)[:3],
+            s=s.data_ptr(), s_strides=_element_strides(s),
+            o=o.data_ptr(), o_strides=_element_strides(o)[:2],
+            lse=lse.data_ptr(), lse_strides=_element_strides(lse),
             num_rows=num_rows, num_states=num_states, num_heads=num_heads, head_dim=head_dim,
             stream=torch.cuda.current_stream(v.device).cuda_stream,
         )
