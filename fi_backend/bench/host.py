@@ -1,0 +1,87 @@
+"""What a result was measured on: the GPU, library versions, the fi_backend commit; and which
+attention backends can run here at all."""
+
+import importlib.metadata
+import importlib.util
+import subprocess
+from pathlib import Path
+
+OURS = "CUSTOM"  # vLLM 0.26's one slot for an out-of-tree backend; our plugin registers into it
+BACKENDS = (OURS, "FLASH_ATTN", "FLASHINFER", "TRITON_ATTN")
+BACKEND_LABELS = {OURS: "ours", "FLASH_ATTN": "FLASH_ATTN (FA3)", "FLASHINFER": "FLASHINFER",
+                  "TRITON_ATTN": "TRITON_ATTN"}
+# The module without which vLLM cannot build the backend.
+_BACKEND_MODULES = {OURS: "fi_backend.vllm.plugin", "FLASH_ATTN": "vllm.vllm_flash_attn",
+                    "FLASHINFER": "flashinfer", "TRITON_ATTN": "triton"}
+
+
+def cuda_device_name() -> str | None:
+    """Name of GPU 0, or None when torch sees no CUDA device (or torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(0)
+
+
+def no_gpu_message(command: str) -> str:
+    return (f"fi-bench {command}: no CUDA GPU visible (torch.cuda.is_available() is False); "
+            "this benchmark measures GPU kernels and needs one.")
+
+
+def parse_backends(names_csv: str) -> list[str]:
+    names = [n.strip().upper() for n in names_csv.split(",") if n.strip()]
+    if names == ["ALL"]:
+        return list(BACKENDS)
+    names = [OURS if n in ("OURS", "FI_BACKEND") else n for n in names]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise ValueError(f"backend(s) {unknown or names_csv!r} unknown; "
+                         f"choose from: all, ours, {', '.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def backend_unavailable_reason(backend: str) -> str | None:
+    """Why `backend` cannot run in this Python environment, or None if it can be tried."""
+    module = _BACKEND_MODULES[backend]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        return f"python module {module} is not importable"
+    if backend == OURS:
+        plugins = {ep.name for ep in importlib.metadata.entry_points(group="vllm.general_plugins")}
+        if "fi_backend" not in plugins:
+            return ("fi_backend is not installed as a vLLM plugin (no 'fi_backend' entry point "
+                    "in vllm.general_plugins); run `pip install -e .` in the repo")
+    return None
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    repo = Path(__file__).resolve().parent.parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def host_info() -> dict:
+    return {
+        "gpu": cuda_device_name(),
+        "vllm": package_version("vllm"),
+        "torch": package_version("torch"),
+        "flashinfer": package_version("flashinfer-python"),
+        "fi_backend_commit": git_commit(),
+    }
