@@ -6,10 +6,12 @@
 namespace fi_backend {
 void bind_merge_states(pybind11::module_& m);
 void bind_batch_attention(pybind11::module_& m);
+void bind_planner(pybind11::module_& m);
 }  // namespace fi_backend
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fi_backend CUDA kernels (pybind11, torch-free)";
   fi_backend::bind_merge_states(m);
   fi_backend::bind_batch_attention(m);
+  fi_backend::bind_planner(m);
 }

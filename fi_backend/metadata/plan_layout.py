@@ -37,6 +37,32 @@ HEADER_LEN = 4
 MAX_TILE_ROWS = 64
 """Rows (query tokens x GQA group) of one work item; the kernels' largest query tile."""
 
+DECODE_TILE_ROWS = 16
+"""A tile of at most this many rows is a decode tile: the kernels run it on their decode path."""
+
+
+def gqa_group_size(num_qo_heads: int, num_kv_heads: int) -> int:
+    """Query heads per KV head; its query heads are packed as the rows of one tile."""
+    if not (isinstance(num_qo_heads, int) and isinstance(num_kv_heads, int)
+            and num_kv_heads >= 1 and num_qo_heads >= num_kv_heads
+            and num_qo_heads % num_kv_heads == 0):
+        raise ValueError(
+            f"num_qo_heads {num_qo_heads!r} must be a positive multiple of num_kv_heads "
+            f"{num_kv_heads!r}")
+    group = num_qo_heads // num_kv_heads
+    if group > MAX_TILE_ROWS:
+        raise ValueError(
+            f"GQA group size {group} (num_qo_heads {num_qo_heads} / num_kv_heads {num_kv_heads}) "
+            f"is not supported: a tile holds at most MAX_TILE_ROWS = {MAX_TILE_ROWS} rows, so "
+            f"the group may be at most {MAX_TILE_ROWS}")
+    return group
+
+
+def tile_tokens(group: int) -> int:
+    """Query tokens per tile: as many whole GQA groups as fit MAX_TILE_ROWS rows. A request
+    whose query fits one tile (every decode request) gets exactly one tile."""
+    return MAX_TILE_ROWS // group
+
 WORK_FIELDS = ("work_request", "work_kv_head", "work_q_start", "work_q_len",
                "work_kv_start", "work_kv_end", "work_partial_slot")
 MERGE_FIELDS = ("merge_request", "merge_kv_head", "merge_q_start", "merge_q_len",
@@ -57,6 +83,35 @@ class PlanCapacity:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"PlanCapacity.{name} must be an int >= 1, got {value!r}")
+
+    @classmethod
+    def for_engine(cls, max_requests: int, max_batched_tokens: int, max_model_len: int,
+                   num_qo_heads: int, num_kv_heads: int, num_ctas: int) -> "PlanCapacity":
+        """The smallest capacities that hold every batch the engine may schedule.
+
+        The planner (fi_backend/metadata/planner.py) cuts the batch into query tiles of
+        `tile_tokens(group)` tokens per KV head and splits KV only where a CTA boundary falls
+        inside a tile, so a plan has at most `num_tiles + num_ctas - 1` work items, at most
+        `num_ctas - 1` split tiles (merge items) and at most `2 * (num_ctas - 1)` partial
+        slots, whatever the KV lengths. The tile count is largest when as many requests as
+        allowed hold one query token each (one tile apiece) and the remaining tokens fill
+        whole tiles. `max_model_len` bounds no section (chunks are cut where CTAs need them,
+        not at a fixed length); it is checked so that the engine's limits are consistent.
+        """
+        for name, value in (("max_requests", max_requests),
+                            ("max_batched_tokens", max_batched_tokens),
+                            ("max_model_len", max_model_len), ("num_ctas", num_ctas)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        group = gqa_group_size(num_qo_heads, num_kv_heads)
+        single_token_requests = min(max_requests, max_batched_tokens)
+        tiles_per_kv_head = (single_token_requests
+                             + (max_batched_tokens - single_token_requests) // tile_tokens(group))
+        max_splits = num_ctas - 1
+        return cls(num_ctas=num_ctas,
+                   max_work_items=tiles_per_kv_head * num_kv_heads + max_splits,
+                   max_merge_items=max(1, max_splits),
+                   max_partial_slots=max(1, 2 * max_splits))
 
 
 @dataclass(frozen=True)
@@ -82,3 +137,18 @@ class PlanLayout:
     @property
     def num_int32(self) -> int:
         return self.offsets["_end"]
+
+    def section_capacity(self, name: str) -> int:
+        """Length (int32 elements) of section `name`; its used prefix is what the header says."""
+        cap = self.capacity
+        if name == "header":
+            return HEADER_LEN
+        if name == "cta_work_indptr":
+            return cap.num_ctas + 1
+        if name in WORK_FIELDS:
+            return cap.max_work_items
+        if name in MERGE_FIELDS:
+            return cap.max_merge_items
+        raise ValueError(
+            f"plan section {name!r} does not exist; sections: header, cta_work_indptr, "
+            f"{', '.join(WORK_FIELDS + MERGE_FIELDS)}")

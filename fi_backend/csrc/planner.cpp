@@ -1,0 +1,446 @@
+// Host hot path of the load-balanced planner (fi_backend/metadata/planner.py holds the
+// documentation of the cost model and the split policy; this file implements them).
+//
+// One call of PlanScheduler::plan
+//   1. checks the batch against the engine's capacities (nothing is written before that),
+//   2. walks the batch's query tiles once to sum their estimated cost,
+//   3. walks them again as one stream, cutting it into num_ctas consecutive pieces of equal
+//      cost (a tile is split into KV chunks only where a CTA boundary falls inside it), and
+//      writes work items, CTA ranges, partial slots and merge items into the pinned staging
+//      buffer (layout: fi_backend/metadata/plan_layout.py),
+//   4. copies the used prefix of every section to the persistent device buffer: memcpy for a
+//      CPU "device", cudaMemcpyAsync / cudaMemcpy2DAsync on the caller's stream for CUDA.
+// It allocates nothing: every array it touches was sized by the capacities at construction.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace fi_backend {
+namespace {
+
+// Mirrors plan_layout.py: header fields and the order of the per-item sections.
+constexpr int kHeaderLen = 4;
+enum WorkField { kWorkRequest, kWorkKvHead, kWorkQStart, kWorkQLen, kWorkKvStart, kWorkKvEnd,
+                 kWorkPartialSlot, kNumWorkFields };
+enum MergeField { kMergeRequest, kMergeKvHead, kMergeQStart, kMergeQLen, kMergeSlotStart,
+                  kMergeNumSlots, kNumMergeFields };
+
+struct SchedulerConfig {
+  int num_kv_heads;
+  int group_size;    // query heads per KV head = rows per query token of a tile
+  int tile_tokens;   // query tokens per tile
+  int num_ctas;
+  int max_requests;
+  int max_batched_tokens;
+  int max_model_len;
+  int kv_len_slack;  // KV length upper bounds exceed the exact lengths by at most this
+  int max_work_items;
+  int max_merge_items;
+  int max_partial_slots;
+  // Cost model (planner.py, "Cost model"): cost of an item with R rows and N KV tokens is
+  // (N + item_overhead_tokens) * (kv_load_rows + R rounded up to row_granule).
+  double kv_load_rows;
+  int row_granule;
+  double item_overhead_tokens;
+  // Split policy (planner.py, "Split policy").
+  double overfill_fraction;       // a CTA may exceed its target by this instead of a split
+  int preferred_min_chunk_tokens;  // shortest chunk cut from a tile when work is plentiful
+  double min_chunk_fraction;       // ... and never more than this fraction of a CTA's target
+  int chunk_align_tokens;          // chunk boundaries sit on multiples of this (when large)
+};
+
+struct RequestShape {
+  int q_len;
+  int kv_upper;    // planned KV length (upper bound of the exact one)
+  int kv_lower;    // smallest exact KV length the upper bound may stand for
+};
+
+struct TileGeometry {
+  int q_start;
+  int q_len;
+  int kv_begin;
+  int kv_end;
+  double cost_per_kv_token;
+  double item_overhead;
+};
+
+class PlanScheduler {
+ public:
+  PlanScheduler(const SchedulerConfig& config, std::vector<std::int64_t> section_offsets,
+                std::uintptr_t staging_address, std::uintptr_t device_address,
+                bool device_is_cuda)
+      : config_(config),
+        offsets_(std::move(section_offsets)),
+        staging_(reinterpret_cast<std::int32_t*>(staging_address)),
+        device_(reinterpret_cast<std::int32_t*>(device_address)),
+        device_is_cuda_(device_is_cuda) {
+    if (offsets_.size() != 2 + kNumWorkFields + kNumMergeFields) {
+      throw py::value_error("PlanScheduler needs " +
+                            std::to_string(2 + kNumWorkFields + kNumMergeFields) +
+                            " section offsets (header, cta_work_indptr, work and merge fields)");
+    }
+    if (config_.max_merge_items < config_.num_ctas - 1 ||
+        config_.max_partial_slots < 2 * (config_.num_ctas - 1)) {
+      throw py::value_error(
+          "capacity too small for the split policy: with num_ctas " +
+          std::to_string(config_.num_ctas) + " a plan may need up to " +
+          std::to_string(config_.num_ctas - 1) + " merge items and " +
+          std::to_string(2 * (config_.num_ctas - 1)) + " partial slots; got " +
+          std::to_string(config_.max_merge_items) + " and " +
+          std::to_string(config_.max_partial_slots) + " (use PlanCapacity.for_engine)");
+    }
+  }
+
+  ~PlanScheduler() {
+    if (copy_done_ != nullptr) cudaEventDestroy(copy_done_);
+  }
+
+  PlanScheduler(const PlanScheduler&) = delete;
+  PlanScheduler& operator=(const PlanScheduler&) = delete;
+
+  // Returns (num_work_items, num_merge_items, num_partial_slots).
+  std::array<int, 3> plan(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                          int batch_size, bool causal, int window_left, std::uintptr_t stream) {
+    causal_ = causal;
+    window_left_ = window_left;
+    const double total_cost = check_and_sum_cost(qo_indptr, kv_len, batch_size);
+    wait_for_previous_copy();
+    const std::array<int, 3> counts = schedule(qo_indptr, kv_len, batch_size, total_cost);
+    publish(counts, stream);
+    return counts;
+  }
+
+ private:
+  std::int32_t* section(int index) { return staging_ + offsets_[index]; }
+  std::int32_t* work_field(int field) { return section(2 + field); }
+  std::int32_t* merge_field(int field) { return section(2 + kNumWorkFields + field); }
+
+  RequestShape request_shape(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                             int b) const {
+    const int q_len = qo_indptr[b + 1] - qo_indptr[b];
+    const int kv_upper = kv_len[b];
+    return RequestShape{q_len, kv_upper, std::max(q_len, kv_upper - config_.kv_len_slack)};
+  }
+
+  int num_tiles(const RequestShape& r) const {
+    return (r.q_len + config_.tile_tokens - 1) / config_.tile_tokens;
+  }
+
+  // The KV range a tile's rows may see for any exact length in [kv_lower, kv_upper]:
+  // causal ends it after the tile's last query (taken at the upper bound), the window starts
+  // it at the first query's window (taken at the lower bound, so that no key an exact,
+  // shorter sequence needs is trimmed away).
+  TileGeometry tile_geometry(const RequestShape& r, int tile) const {
+    TileGeometry g;
+    g.q_start = tile * config_.tile_tokens;
+    g.q_len = std::min(config_.tile_tokens, r.q_len - g.q_start);
+    g.kv_end = causal_ ? r.kv_upper - r.q_len + g.q_start + g.q_len : r.kv_upper;
+    g.kv_begin = window_left_ >= 0
+                     ? std::max(0, r.kv_lower - r.q_len + g.q_start - window_left_)
+                     : 0;
+    const int rows = g.q_len * config_.group_size;
+    const int padded_rows =
+        (rows + config_.row_granule - 1) / config_.row_granule * config_.row_granule;
+    g.cost_per_kv_token = config_.kv_load_rows + padded_rows;
+    g.item_overhead = config_.item_overhead_tokens * g.cost_per_kv_token;
+    return g;
+  }
+
+  [[noreturn]] static void refuse(const std::string& message) { throw py::value_error(message); }
+
+  // Checks every input against the capacities and returns the batch's total cost.
+  double check_and_sum_cost(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                            int batch_size) {
+    if (batch_size > config_.max_requests) {
+      refuse("batch of " + std::to_string(batch_size) + " requests exceeds the planner's " +
+             "max_requests " + std::to_string(config_.max_requests));
+    }
+    if (qo_indptr[0] != 0) {
+      refuse("qo_indptr[0] is " + std::to_string(qo_indptr[0]) + "; it must be 0");
+    }
+    double cost_per_kv_head = 0.0;
+    std::int64_t tiles_per_kv_head = 0;
+    for (int b = 0; b < batch_size; ++b) {
+      const RequestShape r = request_shape(qo_indptr, kv_len, b);
+      if (r.q_len < 0) {
+        refuse("qo_indptr decreases at request " + std::to_string(b) + " (" +
+               std::to_string(qo_indptr[b]) + " -> " + std::to_string(qo_indptr[b + 1]) +
+               "); it must be non-decreasing");
+      }
+      if (r.kv_upper < r.q_len || r.kv_upper > config_.max_model_len) {
+        refuse("request " + std::to_string(b) + " has kv_len " + std::to_string(r.kv_upper) +
+               " and q_len " + std::to_string(r.q_len) +
+               "; q_len <= kv_len <= max_model_len " + std::to_string(config_.max_model_len) +
+               " is required");
+      }
+      const int tiles = num_tiles(r);
+      tiles_per_kv_head += tiles;
+      for (int t = 0; t < tiles; ++t) {
+        const TileGeometry g = tile_geometry(r, t);
+        cost_per_kv_head += (g.kv_end - g.kv_begin) * g.cost_per_kv_token + g.item_overhead;
+      }
+    }
+    if (qo_indptr[batch_size] > config_.max_batched_tokens) {
+      refuse("batch of " + std::to_string(qo_indptr[batch_size]) + " query tokens exceeds " +
+             "the planner's max_batched_tokens " + std::to_string(config_.max_batched_tokens));
+    }
+    // Splits happen only at CTA boundaries, so num_ctas - 1 more items at most.
+    const std::int64_t worst_items =
+        tiles_per_kv_head * config_.num_kv_heads + config_.num_ctas - 1;
+    if (worst_items > config_.max_work_items) {
+      refuse("batch needs up to " + std::to_string(worst_items) + " work items (" +
+             std::to_string(tiles_per_kv_head * config_.num_kv_heads) + " tiles + " +
+             std::to_string(config_.num_ctas - 1) + " splits); the capacity is " +
+             std::to_string(config_.max_work_items));
+    }
+    return cost_per_kv_head * config_.num_kv_heads;
+  }
+
+  std::array<int, 3> schedule(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                              int batch_size, double total_cost) {
+    const int num_ctas = config_.num_ctas;
+    std::int32_t* work[kNumWorkFields];
+    for (int f = 0; f < kNumWorkFields; ++f) work[f] = work_field(f);
+    std::int32_t* merge[kNumMergeFields];
+    for (int f = 0; f < kNumMergeFields; ++f) merge[f] = merge_field(f);
+    std::int32_t* cta_work_indptr = section(1);
+
+    // A split adds one item's overhead; budget it (for a decode-sized tile) into the
+    // targets of the CTAs still to fill, so that the last CTA does not collect it all.
+    const double split_overhead =
+        config_.item_overhead_tokens * (config_.kv_load_rows + config_.row_granule);
+    double unassigned = total_cost;
+    int cta = 0;
+    double cta_load = 0.0;
+    auto target_of_current_cta = [&] {
+      const int ctas_left = num_ctas - cta;
+      return (unassigned + (ctas_left - 1) * split_overhead) / ctas_left;
+    };
+    double target = target_of_current_cta();
+    int num_items = 0, num_merges = 0, num_slots = 0;
+    cta_work_indptr[0] = 0;
+    auto close_cta = [&] {
+      ++cta;
+      cta_work_indptr[cta] = num_items;
+      cta_load = 0.0;
+      target = target_of_current_cta();
+    };
+
+    for (int b = 0; b < batch_size; ++b) {
+      const RequestShape r = request_shape(qo_indptr, kv_len, b);
+      const int tiles = num_tiles(r);
+      for (int h = 0; h < config_.num_kv_heads; ++h) {
+        for (int t = 0; t < tiles; ++t) {
+          const TileGeometry g = tile_geometry(r, t);
+          const double w = g.cost_per_kv_token;
+          int chunk_begin = g.kv_begin;
+          int pieces = 0, slot_start = 0;
+          auto emit = [&](int chunk_end, bool last_piece) {
+            const int i = num_items++;
+            work[kWorkRequest][i] = b;
+            work[kWorkKvHead][i] = h;
+            work[kWorkQStart][i] = g.q_start;
+            work[kWorkQLen][i] = g.q_len;
+            work[kWorkKvStart][i] = chunk_begin;
+            work[kWorkKvEnd][i] = chunk_end;
+            const bool split_tile = !last_piece || pieces > 0;
+            if (split_tile && pieces == 0) slot_start = num_slots;
+            work[kWorkPartialSlot][i] = split_tile ? num_slots++ : -1;
+            ++pieces;
+            if (last_piece && pieces > 1) {
+              const int m = num_merges++;
+              merge[kMergeRequest][m] = b;
+              merge[kMergeKvHead][m] = h;
+              merge[kMergeQStart][m] = g.q_start;
+              merge[kMergeQLen][m] = g.q_len;
+              merge[kMergeSlotStart][m] = slot_start;
+              merge[kMergeNumSlots][m] = pieces;
+            }
+          };
+          while (true) {
+            const double rest_cost = (g.kv_end - chunk_begin) * w + g.item_overhead;
+            const double room = target - cta_load;
+            if (cta == num_ctas - 1 || rest_cost <= room + config_.overfill_fraction * target) {
+              emit(g.kv_end, /*last_piece=*/true);
+              cta_load += rest_cost;
+              unassigned -= rest_cost;
+              break;
+            }
+            // The rest of the tile overfills this CTA: cut a chunk that fills it exactly,
+            // unless that chunk or the remainder would be shorter than the minimum chunk.
+            const int min_chunk = std::max(
+                1, std::min(config_.preferred_min_chunk_tokens,
+                            static_cast<int>(config_.min_chunk_fraction * target / w)));
+            int take = static_cast<int>(std::max(0.0, (room - g.item_overhead) / w));
+            take = std::min(take, g.kv_end - chunk_begin - min_chunk);
+            if (min_chunk >= 4 * config_.chunk_align_tokens) {
+              const int boundary = (chunk_begin + take) / config_.chunk_align_tokens *
+                                   config_.chunk_align_tokens;
+              take = boundary - chunk_begin;
+            }
+            if (take >= min_chunk) {
+              emit(chunk_begin + take, /*last_piece=*/false);
+              cta_load += take * w + g.item_overhead;
+              unassigned -= take * w;  // the remainder carries its own item overhead
+              chunk_begin += take;
+              close_cta();
+            } else if (cta_load == 0.0) {
+              // Nothing cuttable fits an empty CTA (a target below one item's overhead):
+              // it takes the whole rest.
+              emit(g.kv_end, /*last_piece=*/true);
+              cta_load += rest_cost;
+              unassigned -= rest_cost;
+              break;
+            } else {
+              close_cta();
+            }
+          }
+        }
+      }
+    }
+    for (int c = cta + 1; c <= num_ctas; ++c) cta_work_indptr[c] = num_items;
+    std::int32_t* header = section(0);
+    header[0] = num_items;
+    header[1] = num_merges;
+    header[2] = num_ctas;
+    header[3] = num_slots;
+    return {num_items, num_merges, num_slots};
+  }
+
+  static void check_cuda(cudaError_t status, const char* what) {
+    if (status != cudaSuccess) {
+      throw std::runtime_error(std::string("planner: ") + what + " failed: " +
+                               cudaGetErrorString(status));
+    }
+  }
+
+  // The previous plan's async copy reads the staging buffer: wait for it before rewriting.
+  void wait_for_previous_copy() {
+    if (copy_pending_) {
+      check_cuda(cudaEventSynchronize(copy_done_), "cudaEventSynchronize");
+      copy_pending_ = false;
+    }
+  }
+
+  // Copies header + cta_work_indptr and the used prefix of every work and merge section.
+  void publish(const std::array<int, 3>& counts, std::uintptr_t stream_handle) {
+    const std::size_t head_bytes = (kHeaderLen + config_.num_ctas + 1) * sizeof(std::int32_t);
+    const std::size_t work_pitch = config_.max_work_items * sizeof(std::int32_t);
+    const std::size_t merge_pitch = config_.max_merge_items * sizeof(std::int32_t);
+    const std::size_t work_bytes = counts[0] * sizeof(std::int32_t);
+    const std::size_t merge_bytes = counts[1] * sizeof(std::int32_t);
+    const std::int64_t work_offset = offsets_[2];
+    const std::int64_t merge_offset = offsets_[2 + kNumWorkFields];
+    if (!device_is_cuda_) {
+      std::memcpy(device_, staging_, head_bytes);
+      for (int f = 0; f < kNumWorkFields; ++f) {
+        std::memcpy(device_ + offsets_[2 + f], staging_ + offsets_[2 + f], work_bytes);
+      }
+      for (int f = 0; f < kNumMergeFields; ++f) {
+        std::memcpy(device_ + offsets_[2 + kNumWorkFields + f],
+                    staging_ + offsets_[2 + kNumWorkFields + f], merge_bytes);
+      }
+      return;
+    }
+    auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+    if (copy_done_ == nullptr) {
+      check_cuda(cudaEventCreateWithFlags(&copy_done_, cudaEventDisableTiming),
+                 "cudaEventCreate");
+    }
+    check_cuda(cudaMemcpyAsync(device_, staging_, head_bytes, cudaMemcpyHostToDevice, stream),
+               "cudaMemcpyAsync");
+    // Sections of one kind sit at a fixed pitch (their capacity): one 2D copy each.
+    if (work_bytes > 0) {
+      check_cuda(cudaMemcpy2DAsync(device_ + work_offset, work_pitch, staging_ + work_offset,
+                                   work_pitch, work_bytes, kNumWorkFields,
+                                   cudaMemcpyHostToDevice, stream),
+                 "cudaMemcpy2DAsync");
+    }
+    if (merge_bytes > 0) {
+      check_cuda(cudaMemcpy2DAsync(device_ + merge_offset, merge_pitch, staging_ + merge_offset,
+                                   merge_pitch, merge_bytes, kNumMergeFields,
+                                   cudaMemcpyHostToDevice, stream),
+                 "cudaMemcpy2DAsync");
+    }
+    check_cuda(cudaEventRecord(copy_done_, stream), "cudaEventRecord");
+    copy_pending_ = true;
+  }
+
+  SchedulerConfig config_;
+  std::vector<std::int64_t> offsets_;
+  std::int32_t* staging_;
+  std::int32_t* device_;
+  bool device_is_cuda_;
+  cudaEvent_t copy_done_ = nullptr;
+  bool copy_pending_ = false;
+  bool causal_ = true;
+  int window_left_ = -1;
+};
+
+using HostIndexArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;
+
+}  // namespace
+
+void bind_planner(py::module_& m) {
+  py::class_<SchedulerConfig>(m, "PlanSchedulerConfig",
+                              "Fixed parameters of a PlanScheduler (see planner.py)")
+      .def(py::init<>())
+      .def_readwrite("num_kv_heads", &SchedulerConfig::num_kv_heads)
+      .def_readwrite("group_size", &SchedulerConfig::group_size)
+      .def_readwrite("tile_tokens", &SchedulerConfig::tile_tokens)
+      .def_readwrite("num_ctas", &SchedulerConfig::num_ctas)
+      .def_readwrite("max_requests", &SchedulerConfig::max_requests)
+      .def_readwrite("max_batched_tokens", &SchedulerConfig::max_batched_tokens)
+      .def_readwrite("max_model_len", &SchedulerConfig::max_model_len)
+      .def_readwrite("kv_len_slack", &SchedulerConfig::kv_len_slack)
+      .def_readwrite("max_work_items", &SchedulerConfig::max_work_items)
+      .def_readwrite("max_merge_items", &SchedulerConfig::max_merge_items)
+      .def_readwrite("max_partial_slots", &SchedulerConfig::max_partial_slots)
+      .def_readwrite("kv_load_rows", &SchedulerConfig::kv_load_rows)
+      .def_readwrite("row_granule", &SchedulerConfig::row_granule)
+      .def_readwrite("item_overhead_tokens", &SchedulerConfig::item_overhead_tokens)
+      .def_readwrite("overfill_fraction", &SchedulerConfig::overfill_fraction)
+      .def_readwrite("preferred_min_chunk_tokens", &SchedulerConfig::preferred_min_chunk_tokens)
+      .def_readwrite("min_chunk_fraction", &SchedulerConfig::min_chunk_fraction)
+      .def_readwrite("chunk_align_tokens", &SchedulerConfig::chunk_align_tokens);
+
+  py::class_<PlanScheduler>(m, "PlanScheduler",
+                            "Writes plans into a fixed staging buffer and publishes them to a "
+                            "fixed device buffer (use fi_backend.metadata.planner.Planner)")
+      .def(py::init<const SchedulerConfig&, std::vector<std::int64_t>, std::uintptr_t,
+                    std::uintptr_t, bool>(),
+           py::arg("config"), py::arg("section_offsets"), py::arg("staging_address"),
+           py::arg("device_address"), py::arg("device_is_cuda"))
+      .def(
+          "plan",
+          [](PlanScheduler& self, const HostIndexArray& qo_indptr, const HostIndexArray& kv_len,
+             bool causal, int window_left, std::uintptr_t stream) {
+            if (qo_indptr.ndim() != 1 || kv_len.ndim() != 1 ||
+                qo_indptr.shape(0) != kv_len.shape(0) + 1) {
+              throw py::value_error(
+                  "qo_indptr must be int32 [batch_size + 1] and kv_len int32 [batch_size]; "
+                  "got " + std::to_string(qo_indptr.size()) + " and " +
+                  std::to_string(kv_len.size()) + " entries");
+            }
+            return self.plan(qo_indptr.data(), kv_len.data(),
+                             static_cast<int>(kv_len.shape(0)), causal, window_left, stream);
+          },
+          py::arg("qo_indptr"), py::arg("kv_len"), py::arg("causal"), py::arg("window_left"),
+          py::arg("stream"),
+          "Plan one batch; returns (num_work_items, num_merge_items, num_partial_slots). "
+          "Raises ValueError (writing nothing) when the batch exceeds the capacities.");
+}
+
+}  // namespace fi_backend

@@ -1,0 +1,251 @@
+"""Load-balanced planner: cuts a batch's attention into work items for a fixed grid of
+persistent CTAs and writes them into the fixed plan buffer (layout: plan_layout.py).
+
+plan() runs on the host once per engine step from host copies of the lengths (query lengths
+exact, KV lengths upper bounds: kernels clamp to the exact `seq_lens` on the device). Its hot
+path is `fi_backend._C.PlanScheduler` (csrc/planner.cpp); this module owns the buffers, the
+parameters and their documentation.
+
+Work items
+----------
+A request's queries are cut into tiles of `tile_tokens(group) = MAX_TILE_ROWS // group`
+tokens per KV head; a tile's rows are its tokens x the GQA group (token-major). A request
+whose `q_len * group <= DECODE_TILE_ROWS` (every decode) is therefore one small tile, which
+the kernels run on their decode path; decode and prefill tiles share one plan. Each tile
+sees the KV range `[kv_begin, kv_end)`: causal ends it after the tile's last query, a sliding
+window starts it at the window of the tile's first query. Because the planned KV length is
+an upper bound, the window start is taken at the smallest exact length the bound may stand
+for (`kv_len - kv_len_slack`, at least `q_len`), so no key an exact length needs is trimmed.
+A work item is (request, KV head, tile, KV chunk); an unsplit tile is one item.
+
+Cost model
+----------
+An item with R rows over N KV tokens costs `(N + item_overhead_tokens) * (kv_load_rows + R')`
+with `R'` = R rounded up to `row_granule` (16, the MMA row granule: a 4-row decode tile
+computes 16 rows). Why this form: per KV token a CTA (a) streams the token's K and V rows
+from memory and (b) multiplies them with its R' query rows (QK^T and PV, 4 * head_dim FLOPs
+per row) and exponentiates R' logits. (a) is independent of R: at H100's ~300 FLOP per byte
+of HBM bandwidth a KV token (4 * head_dim bytes) takes as long as the MMA work of ~300 rows,
+but prefill tiles find their KV mostly in L2 (the request's other tiles read the same pages),
+and softmax costs more than MMA per row; `kv_load_rows = 64` puts a KV token's load between
+the L2 and HBM figures, so a decode token costs 64 + 16 = 80 and a full 64-row prefill token
+128. The fixed overhead per item (loading the query tile, filling the K/V pipeline, writing
+the output or a float32 partial state that the merge reads back) is worth about 32 KV tokens,
+i.e. ~1 us per item. The constants are engineering estimates, to be calibrated on the GPU;
+the policy below only needs costs to be proportional to time.
+
+Split policy
+------------
+All tiles form one stream (request, then KV head, then query tile: consecutive items of a
+CTA reuse KV pages). The stream is cut into `num_ctas` consecutive pieces of equal cost, like
+a stream-K decomposition: CTA c takes items until its target (the unassigned cost over the
+CTAs still to fill, plus the overhead the remaining splits will add) is reached. When the
+next tile overfills a CTA by more than `overfill_fraction` of its target, the tile is split
+at the KV position that fills the CTA exactly; the rest continues in the next CTA. A chunk
+(and the rest) must hold at least `min(preferred_min_chunk_tokens, min_chunk_fraction x
+target)` tokens, so chunks are >= 256 tokens unless a CTA's whole share is smaller; when
+that forbids a cut, the CTA closes a little early and the tile moves on. Large chunks end
+on multiples of `chunk_align_tokens` (whole MMA K steps and usually whole pages).
+Consequences: every CTA's cost is within a few percent of the mean by construction, splits
+happen only at CTA boundaries (at most num_ctas - 1 splits, hence the capacities in
+`PlanCapacity.for_engine` do not depend on KV lengths), and the plan costs two passes over
+the tiles, with no sort and no heap. A longest-processing-time greedy over pre-cut chunks
+needs a chunk size chosen in advance and still leaves the last chunk's granularity as
+imbalance; the stream cut needs neither.
+
+Partial states: a split tile's pieces are consecutive items and own consecutive partial
+slots; one merge item per split tile names them. An unsplit tile writes the final output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fi_backend.metadata.plan_layout import (HEADER_LEN, MAX_TILE_ROWS, MERGE_FIELDS,
+                                             WORK_FIELDS, PlanCapacity, PlanLayout,
+                                             gqa_group_size, tile_tokens)
+from fi_backend.variants import AttentionVariant
+
+__all__ = ["CostModel", "SplitPolicy", "Plan", "Planner", "cta_costs"]
+
+SECTIONS = ("header", "cta_work_indptr") + WORK_FIELDS + MERGE_FIELDS
+
+
+def _load_scheduler_module():
+    try:
+        from fi_backend import _C
+    except ImportError as error:
+        raise ImportError(
+            "fi_backend._C is not built, and the planner's hot path lives there: run "
+            "`pip install -e . --no-build-isolation` (see setup.py)") from error
+    return _C
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Estimated cost of a work item (see the module docstring, "Cost model")."""
+
+    kv_load_rows: float = 64.0
+    row_granule: int = 16
+    item_overhead_tokens: float = 32.0
+
+    def item_cost(self, rows, kv_tokens):
+        """Cost of items with `rows` rows over `kv_tokens` KV tokens (numbers or arrays)."""
+        padded_rows = -(-np.asarray(rows) // self.row_granule) * self.row_granule
+        return (np.asarray(kv_tokens) + self.item_overhead_tokens) * (
+            self.kv_load_rows + padded_rows)
+
+
+@dataclass(frozen=True)
+class SplitPolicy:
+    """How the stream of tiles is cut into CTAs (module docstring, "Split policy")."""
+
+    overfill_fraction: float = 0.02
+    preferred_min_chunk_tokens: int = 256
+    min_chunk_fraction: float = 0.04
+    chunk_align_tokens: int = 16
+
+
+class Plan:
+    """One batch's plan: the persistent device buffer (its contents valid for this batch
+    until the next plan() call) and host views of what was written.
+
+    `section(name)` is the used part of a section in the pinned host staging buffer; it is
+    overwritten by the next plan() of the same Planner."""
+
+    __slots__ = ("buffer", "layout", "group_size", "num_work_items", "num_merge_items",
+                 "num_partial_slots", "_staging")
+
+    def __init__(self, buffer: torch.Tensor, layout: PlanLayout, group_size: int,
+                 num_work_items: int, num_merge_items: int, num_partial_slots: int,
+                 staging: np.ndarray) -> None:
+        self.buffer = buffer
+        self.layout = layout
+        self.group_size = group_size
+        self.num_work_items = num_work_items
+        self.num_merge_items = num_merge_items
+        self.num_partial_slots = num_partial_slots
+        self._staging = staging
+
+    @property
+    def num_ctas(self) -> int:
+        return self.layout.capacity.num_ctas
+
+    def section(self, name: str) -> np.ndarray:
+        """int32 host view of the used prefix of section `name` (plan_layout.py)."""
+        if name == "header":
+            used = HEADER_LEN
+        elif name == "cta_work_indptr":
+            used = self.num_ctas + 1
+        elif name in WORK_FIELDS:
+            used = self.num_work_items
+        elif name in MERGE_FIELDS:
+            used = self.num_merge_items
+        else:
+            raise ValueError(f"plan section {name!r} does not exist; sections: "
+                             f"{', '.join(SECTIONS)}")
+        start = self.layout.offsets[name]
+        return self._staging[start:start + used]
+
+
+def cta_costs(plan: Plan, cost_model: CostModel) -> np.ndarray:
+    """float64 [num_ctas]: the estimated cost of each CTA's work items."""
+    rows = plan.section("work_q_len") * plan.group_size
+    kv_tokens = plan.section("work_kv_end") - plan.section("work_kv_start")
+    item_costs = cost_model.item_cost(rows, kv_tokens).astype(np.float64)
+    indptr = plan.section("cta_work_indptr")
+    cumulative = np.concatenate([[0.0], np.cumsum(item_costs)])
+    return cumulative[indptr[1:]] - cumulative[indptr[:-1]]
+
+
+class Planner:
+    """Owns one engine's plan buffers (fixed for its life) and plans batches into them.
+
+    Capacities come from the engine limits (`PlanCapacity.for_engine`) unless `capacity` is
+    given. `kv_len_slack`: how much the KV lengths handed to plan() may exceed the exact
+    lengths (0 when they are exact). On a CUDA `device` the staging buffer is pinned and each
+    plan is published by one async copy on the current stream; on a CPU `device` the
+    "device" buffer is a second CPU tensor."""
+
+    def __init__(self, *, max_requests: int, max_batched_tokens: int, max_model_len: int,
+                 num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
+                 num_ctas: int, device: torch.device | str = "cpu", kv_len_slack: int = 0,
+                 capacity: PlanCapacity | None = None, cost_model: CostModel = CostModel(),
+                 split_policy: SplitPolicy = SplitPolicy()) -> None:
+        self.group_size = gqa_group_size(num_qo_heads, num_kv_heads)
+        for name, value in (("head_dim", head_dim), ("page_size", page_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(kv_len_slack, int) or kv_len_slack < 0:
+            raise ValueError(f"kv_len_slack must be an int >= 0, got {kv_len_slack!r}")
+        if capacity is None:
+            capacity = PlanCapacity.for_engine(max_requests, max_batched_tokens, max_model_len,
+                                               num_qo_heads, num_kv_heads, num_ctas)
+        elif capacity.num_ctas != num_ctas:
+            raise ValueError(f"capacity.num_ctas {capacity.num_ctas} differs from num_ctas "
+                             f"{num_ctas}")
+        self.num_qo_heads = num_qo_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.page_size = page_size
+        self.kv_len_slack = kv_len_slack
+        self.cost_model = cost_model
+        self.split_policy = split_policy
+        self.layout = PlanLayout(capacity)
+        self.device = torch.device(device)
+        self._is_cuda = self.device.type == "cuda"
+
+        self._staging = torch.zeros(self.layout.num_int32, dtype=torch.int32,
+                                    pin_memory=self._is_cuda)
+        self._staging_np = self._staging.numpy()
+        self.buffer = torch.zeros(self.layout.num_int32, dtype=torch.int32, device=self.device)
+
+        config = _load_scheduler_module().PlanSchedulerConfig()
+        for name, value in (
+                ("num_kv_heads", num_kv_heads), ("group_size", self.group_size),
+                ("tile_tokens", tile_tokens(self.group_size)), ("num_ctas", num_ctas),
+                ("max_requests", max_requests), ("max_batched_tokens", max_batched_tokens),
+                ("max_model_len", max_model_len), ("kv_len_slack", kv_len_slack),
+                ("max_work_items", capacity.max_work_items),
+                ("max_merge_items", capacity.max_merge_items),
+                ("max_partial_slots", capacity.max_partial_slots),
+                ("kv_load_rows", cost_model.kv_load_rows),
+                ("row_granule", cost_model.row_granule),
+                ("item_overhead_tokens", cost_model.item_overhead_tokens),
+                ("overfill_fraction", split_policy.overfill_fraction),
+                ("preferred_min_chunk_tokens", split_policy.preferred_min_chunk_tokens),
+                ("min_chunk_fraction", split_policy.min_chunk_fraction),
+                ("chunk_align_tokens", split_policy.chunk_align_tokens)):
+            setattr(config, name, value)
+        offsets = self.layout.offsets
+        self._scheduler = _load_scheduler_module().PlanScheduler(
+            config, [offsets[name] for name in SECTIONS], self._staging.data_ptr(),
+            self.buffer.data_ptr(), self._is_cuda)
+
+    @property
+    def capacity(self) -> PlanCapacity:
+        return self.layout.capacity
+
+    @property
+    def partial_o_shape(self) -> tuple[int, int, int]:
+        """float32 partial outputs `(max_partial_slots, MAX_TILE_ROWS, head_dim)`."""
+        return (self.capacity.max_partial_slots, MAX_TILE_ROWS, self.head_dim)
+
+    @property
+    def partial_lse_shape(self) -> tuple[int, int]:
+        """float32 natural-log partial LSEs `(max_partial_slots, MAX_TILE_ROWS)`."""
+        return (self.capacity.max_partial_slots, MAX_TILE_ROWS)
+
+    def plan(self, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+             variant: AttentionVariant) -> Plan:
+        """Plan a batch: `qo_indptr_host` int32 [B+1] (exact), `kv_len_host` int32 [B] (upper
+        bounds, at most `kv_len_slack` above the exact lengths). Raises ValueError, having
+        written nothing, when the batch does not fit the capacities."""
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self._is_cuda else 0
+        num_work_items, num_merge_items, num_partial_slots = self._scheduler.plan(
+            qo_indptr_host, kv_len_host, variant.causal, variant.window_left, stream)
+        return Plan(self.buffer, self.layout, self.group_size, num_work_items,
+                    num_merge_items, num_partial_slots, self._staging_np)
