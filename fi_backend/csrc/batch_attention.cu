@@ -89,19 +89,43 @@ void batch_attention(const BatchAttentionLaunch& launch) {
   }
 }
 
-int batch_attention_smem_bytes(int head_dim) {
+namespace {
+
+template <typename T, int HEAD_DIM>
+int resident_ctas_typed() {
+  constexpr int kSmemBytes = fi_kernels::AttentionSmem<T, HEAD_DIM>::kBytes;
+  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM>;
+  FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     kSmemBytes));
+  int ctas = 0;
+  FI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &ctas, attention, fi_kernels::kAttentionThreads, kSmemBytes));
+  return ctas;
+}
+
+template <typename T>
+int resident_ctas_head_dim(int head_dim) {
   switch (head_dim) {
     case 64:
-      return fi_kernels::AttentionSmem<__half, 64>::kBytes;
+      return resident_ctas_typed<T, 64>();
     case 128:
-      return fi_kernels::AttentionSmem<__half, 128>::kBytes;
+      return resident_ctas_typed<T, 128>();
     case 256:
-      return fi_kernels::AttentionSmem<__half, 256>::kBytes;
+      return resident_ctas_typed<T, 256>();
     default:
       require(false, "head_dim " + std::to_string(head_dim) +
                          " is not supported; supported: 64, 128, 256");
   }
   return 0;
+}
+
+}  // namespace
+
+int batch_attention_ctas_per_sm(DType dtype, int head_dim) {
+  require(dtype == DType::kFloat16 || dtype == DType::kBFloat16,
+          "dtype is not supported; supported: float16, bfloat16");
+  return dtype == DType::kFloat16 ? resident_ctas_head_dim<__half>(head_dim)
+                                  : resident_ctas_head_dim<__nv_bfloat16>(head_dim);
 }
 
 }  // namespace fi_backend

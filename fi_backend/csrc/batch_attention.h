@@ -27,7 +27,8 @@ struct BatchAttentionLaunch {
 // fi_kernels::CudaError when CUDA fails.
 void batch_attention(const BatchAttentionLaunch& launch);
 
-// Dynamic shared memory (bytes) of the attention kernel for this head_dim.
-int batch_attention_smem_bytes(int head_dim);
+// How many attention CTAs fit one SM of the current device at once (registers and shared
+// memory); a plan's CTA count is best a multiple of SMs x this.
+int batch_attention_ctas_per_sm(DType dtype, int head_dim);
 
 }  // namespace fi_backend

@@ -126,8 +126,14 @@ void bind_batch_attention(py::module_& m) {
       "and the stream are integers, strides are in elements: q/o (token, head), lse (token, "
       "head; lse=0 skips it), k/v (page, token, head). Raises ValueError for arguments outside "
       "the contract and RuntimeError when CUDA reports an error.");
-  m.def("batch_attention_smem_bytes", &batch_attention_smem_bytes, py::arg("head_dim"),
-        "Dynamic shared memory (bytes) of one attention CTA for this head_dim.");
+  m.def(
+      "batch_attention_ctas_per_sm",
+      [](const std::string& dtype, int head_dim) {
+        return batch_attention_ctas_per_sm(parse_dtype(dtype), head_dim);
+      },
+      py::arg("dtype"), py::arg("head_dim"),
+      "Attention CTAs that fit one SM of the current device at once.");
+  m.attr("BATCH_ATTENTION_MAX_TILE_ROWS") = fi_kernels::kMaxTileRows;
 }
 
 }  // namespace fi_backend

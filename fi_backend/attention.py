@@ -1,0 +1,219 @@
+"""BatchAttention: paged attention over a ragged batch, planned once per step, run per layer.
+
+    attention = BatchAttention(planner)                 # once per engine: fixed buffers
+    plan = attention.plan(qo_indptr_host, kv_len_host, variant)   # once per step (host)
+    o = attention.run(q, k_cache, v_cache, kv, seq_lens, qo_indptr, variant)  # per layer
+
+run() launches the persistent attention kernel with the plan's fixed grid, then the merge of
+split KV chunks, also with a fixed grid; every buffer it touches (plan, partial states) is
+allocated once, so a CUDA graph captured around run() replays correctly for any later plan of
+the same planner. Exact lengths are read on the device (`seq_lens`, `qo_indptr`); the plan
+may have been made from upper bounds. Kernels: kernels/attention/batch_attention.cuh.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fi_backend import _C
+from fi_backend._checks import (
+    check_cuda,
+    check_dtype,
+    check_is_tensor,
+    check_last_dim_contiguous,
+    check_shape,
+    check_vector_aligned,
+)
+from fi_backend.metadata.block_sparse import BlockSparseKV
+from fi_backend.metadata.plan_layout import MAX_TILE_ROWS
+from fi_backend.metadata.planner import Plan, Planner
+from fi_backend.variants import AttentionVariant
+
+__all__ = ["BatchAttention", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "ctas_per_sm"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS = (64, 128, 256)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = "cuda") -> int:
+    """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel): a
+    planner's `num_ctas` is best `multiprocessor_count * ctas_per_sm(...)`."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {_dtype_name(dtype)} is not supported; supported: "
+                         f"{', '.join(map(_dtype_name, SUPPORTED_DTYPES))}")
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim {head_dim} is not supported; supported: "
+                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    with torch.cuda.device(device):
+        return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
+
+
+def _check_index_tensor(name: str, tensor, length: int, device: torch.device) -> None:
+    check_is_tensor(name, tensor)
+    check_shape(name, tensor, (length,), ("batch_size + 1" if "indptr" in name else "batch_size",))
+    check_dtype(name, tensor, (torch.int32,))
+    check_cuda(name, tensor, device)
+    if tensor.stride(0) != 1:
+        raise ValueError(f"{name} has stride {tensor.stride(0)}; only contiguous (1) is supported")
+
+
+def _check_per_head(name: str, value, num_qo_heads: int, device: torch.device) -> None:
+    check_is_tensor(f"variant.{name}", value)
+    check_shape(f"variant.{name}", value, (num_qo_heads,), ("num_qo_heads",))
+    check_dtype(f"variant.{name}", value, (torch.float32,))
+    check_cuda(f"variant.{name}", value, device)
+    if value.stride(0) != 1:
+        raise ValueError(f"variant.{name} has stride {value.stride(0)}; only contiguous (1) is "
+                         "supported")
+
+
+class BatchAttention:
+    """Attention of a ragged batch of queries over a paged KV cache, driven by a Plan.
+
+    `planner` fixes heads, head_dim, page size and the plan capacities for the life of the
+    engine; the float32 partial-state workspace for split KV chunks is allocated here, once:
+    `(max_partial_slots, MAX_TILE_ROWS, head_dim)` outputs and `(max_partial_slots,
+    MAX_TILE_ROWS)` natural-log LSEs."""
+
+    def __init__(self, planner: Planner) -> None:
+        if planner.head_dim not in SUPPORTED_HEAD_DIMS:
+            raise ValueError(f"head_dim {planner.head_dim} is not supported; supported: "
+                             f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+        if _C.BATCH_ATTENTION_MAX_TILE_ROWS != MAX_TILE_ROWS:
+            raise RuntimeError(
+                f"fi_backend._C was built with {_C.BATCH_ATTENTION_MAX_TILE_ROWS} tile rows but "
+                f"plan_layout.MAX_TILE_ROWS is {MAX_TILE_ROWS}; rebuild the extension")
+        if planner.device.type != "cuda":
+            raise ValueError(f"planner device {planner.device} is not supported; BatchAttention "
+                             "runs on CUDA devices only")
+        self.planner = planner
+        self.device = planner.device
+        self.partial_o = torch.empty(planner.partial_o_shape, dtype=torch.float32,
+                                     device=self.device)
+        self.partial_lse = torch.empty(planner.partial_lse_shape, dtype=torch.float32,
+                                       device=self.device)
+        # The merge grid is fixed too (the kernel reads the number of merge items from the
+        # plan header and strides over them).
+        self.num_merge_ctas = min(planner.capacity.num_ctas, planner.capacity.max_merge_items)
+        self._plan: Plan | None = None
+        self._plan_variant: AttentionVariant | None = None
+
+    def plan(self, qo_indptr_host, kv_len_host, variant: AttentionVariant) -> Plan:
+        """Plans one step (host arrays: qo_indptr int32 [B+1] exact, kv_len int32 [B] upper
+        bounds); later run() calls of this step execute it."""
+        self._plan = self.planner.plan(qo_indptr_host, kv_len_host, variant)
+        self._plan_variant = variant
+        return self._plan
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+            kv: BlockSparseKV, seq_lens: torch.Tensor, qo_indptr: torch.Tensor,
+            variant: AttentionVariant, *, out: torch.Tensor | None = None,
+            return_lse: bool = False, plan: Plan | None = None
+            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """o `(num_tokens, num_qo_heads, head_dim)` in q.dtype (and the natural-log LSE
+        float32 `(num_tokens, num_qo_heads)` with return_lse).
+
+        q: `(num_tokens, num_qo_heads, head_dim)` float16/bfloat16; tokens past
+           qo_indptr[-1] (CUDA-graph padding) are neither read nor written.
+        k_cache, v_cache: `(num_pages, page_size, num_kv_heads, head_dim)` views in q.dtype,
+           contiguous last dim, any other strides (multiples of 16 bytes), e.g. from
+           `fi_backend.metadata.block_sparse.split_kv_cache`.
+        kv: the batch's page table (kv.indptr, kv.indices; kv.page_size must match).
+        seq_lens: int32 [B] exact KV lengths; qo_indptr: int32 [B+1] exact query offsets.
+        variant: causal and window_left must be those the plan was made with.
+        plan: the plan to execute; default the one from the last plan() call.
+        """
+        plan = plan if plan is not None else self._plan
+        if plan is None:
+            raise ValueError("run() needs a plan: call plan() first or pass plan=")
+        if plan.layout != self.planner.layout:
+            raise ValueError("plan was made by a different planner (its layout differs from "
+                             "this BatchAttention's)")
+        planned = self._plan_variant if plan is self._plan else None
+        if planned is not None and (planned.causal, planned.window_left) != (
+                variant.causal, variant.window_left):
+            raise ValueError(
+                f"variant (causal={variant.causal}, window_left={variant.window_left}) differs "
+                f"from the one planned (causal={planned.causal}, "
+                f"window_left={planned.window_left}); plan again for this variant")
+        planner = self.planner
+        num_qo_heads, num_kv_heads, head_dim = (planner.num_qo_heads, planner.num_kv_heads,
+                                                planner.head_dim)
+        check_is_tensor("q", q)
+        check_shape("q", q, (None, num_qo_heads, head_dim),
+                    ("num_tokens", "num_qo_heads", "head_dim"))
+        check_dtype("q", q, SUPPORTED_DTYPES)
+        check_cuda("q", q, self.device)
+        check_last_dim_contiguous("q", q)
+        check_vector_aligned("q", q)
+        for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+            check_is_tensor(name, cache)
+            check_shape(name, cache, (None, kv.page_size, num_kv_heads, head_dim),
+                        ("num_pages", "page_size", "num_kv_heads", "head_dim"))
+            check_dtype(name, cache, (q.dtype,))
+            check_cuda(name, cache, self.device)
+            check_last_dim_contiguous(name, cache)
+            check_vector_aligned(name, cache)
+        if kv.page_size != planner.page_size:
+            raise ValueError(f"kv.page_size {kv.page_size} differs from the planner's page_size "
+                             f"{planner.page_size}")
+        batch_size = seq_lens.shape[0] if isinstance(seq_lens, torch.Tensor) else -1
+        _check_index_tensor("seq_lens", seq_lens, batch_size, self.device)
+        _check_index_tensor("qo_indptr", qo_indptr, batch_size + 1, self.device)
+        _check_index_tensor("kv.indptr", kv.indptr, batch_size + 1, self.device)
+        check_is_tensor("kv.indices", kv.indices)
+        check_dtype("kv.indices", kv.indices, (torch.int32,))
+        check_cuda("kv.indices", kv.indices, self.device)
+        if kv.indices.dim() != 1 or kv.indices.stride(0) != 1:
+            raise ValueError(f"kv.indices must be a contiguous 1-d tensor; got shape "
+                             f"{tuple(kv.indices.shape)}, strides {kv.indices.stride()}")
+        for name in ("alibi_slopes", "sinks"):
+            value = getattr(variant, name)
+            if value is not None:
+                _check_per_head(name, value, num_qo_heads, self.device)
+        if out is not None:
+            check_is_tensor("out", out)
+            check_shape("out", out, tuple(q.shape), ("num_tokens", "num_qo_heads", "head_dim"))
+            check_dtype("out", out, (q.dtype,))
+            check_cuda("out", out, self.device)
+            check_last_dim_contiguous("out", out)
+            if out.data_ptr() % 4 != 0 or any(s % 2 for s in out.stride()[:2]):
+                raise ValueError(f"out needs a 4-byte aligned pointer and even strides; got "
+                                 f"strides {out.stride()}")
+        o = out if out is not None else torch.empty_like(q)
+        lse = (torch.empty(q.shape[:2], dtype=torch.float32, device=self.device)
+               if return_lse else None)
+
+        with torch.cuda.device(self.device):
+            _C.batch_attention(
+                dtype=_dtype_name(q.dtype), head_dim=head_dim,
+                q=q.data_ptr(), q_strides=q.stride()[:2],
+                o=o.data_ptr(), o_strides=o.stride()[:2],
+                lse=lse.data_ptr() if lse is not None else 0,
+                lse_strides=lse.stride() if lse is not None else (0, 0),
+                k=k_cache.data_ptr(), k_strides=(k_cache.stride(0), k_cache.stride(1),
+                                                 k_cache.stride(2)),
+                v=v_cache.data_ptr(), v_strides=(v_cache.stride(0), v_cache.stride(1),
+                                                 v_cache.stride(2)),
+                kv_indptr=kv.indptr.data_ptr(), kv_indices=kv.indices.data_ptr(),
+                page_size=kv.page_size, qo_indptr=qo_indptr.data_ptr(),
+                seq_lens=seq_lens.data_ptr(), num_qo_heads=num_qo_heads,
+                num_kv_heads=num_kv_heads, partial_o=self.partial_o.data_ptr(),
+                partial_lse=self.partial_lse.data_ptr(), plan=plan.buffer.data_ptr(),
+                plan_offsets=plan.layout.offsets, num_ctas=plan.layout.capacity.num_ctas,
+                num_merge_ctas=self.num_merge_ctas, causal=bool(variant.causal),
+                window_left=int(variant.window_left),
+                logits_soft_cap=float(variant.logits_soft_cap),
+                sm_scale=float(variant.scale_for(head_dim)),
+                alibi_slopes=(variant.alibi_slopes.data_ptr()
+                              if variant.alibi_slopes is not None else 0),
+                sinks=variant.sinks.data_ptr() if variant.sinks is not None else 0,
+                stream=torch.cuda.current_stream(self.device).cuda_stream,
+            )
+        return (o, lse) if return_lse else o
+
+
