@@ -52,20 +52,18 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
         return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
 
 
-def _check_index_tensor(name: str, tensor, length: int, device: torch.device) -> None:
+def _check_index_tensor(name: str, tensor, length: int) -> None:
     check_is_tensor(name, tensor)
     check_shape(name, tensor, (length,), ("batch_size + 1" if "indptr" in name else "batch_size",))
     check_dtype(name, tensor, (torch.int32,))
-    check_cuda(name, tensor, device)
     if tensor.stride(0) != 1:
         raise ValueError(f"{name} has stride {tensor.stride(0)}; only contiguous (1) is supported")
 
 
-def _check_per_head(name: str, value, num_qo_heads: int, device: torch.device) -> None:
+def _check_per_head(name: str, value, num_qo_heads: int) -> None:
     check_is_tensor(f"variant.{name}", value)
     check_shape(f"variant.{name}", value, (num_qo_heads,), ("num_qo_heads",))
     check_dtype(f"variant.{name}", value, (torch.float32,))
-    check_cuda(f"variant.{name}", value, device)
     if value.stride(0) != 1:
         raise ValueError(f"variant.{name} has stride {value.stride(0)}; only contiguous (1) is "
                          "supported")
@@ -87,9 +85,6 @@ class BatchAttention:
             raise RuntimeError(
                 f"fi_backend._C was built with {_C.BATCH_ATTENTION_MAX_TILE_ROWS} tile rows but "
                 f"plan_layout.MAX_TILE_ROWS is {MAX_TILE_ROWS}; rebuild the extension")
-        if planner.device.type != "cuda":
-            raise ValueError(f"planner device {planner.device} is not supported; BatchAttention "
-                             "runs on CUDA devices only")
         self.planner = planner
         self.device = planner.device
         self.partial_o = torch.empty(planner.partial_o_shape, dtype=torch.float32,
@@ -147,7 +142,6 @@ class BatchAttention:
         check_shape("q", q, (None, num_qo_heads, head_dim),
                     ("num_tokens", "num_qo_heads", "head_dim"))
         check_dtype("q", q, SUPPORTED_DTYPES)
-        check_cuda("q", q, self.device)
         check_last_dim_contiguous("q", q)
         check_vector_aligned("q", q)
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -155,35 +149,40 @@ class BatchAttention:
             check_shape(name, cache, (None, kv.page_size, num_kv_heads, head_dim),
                         ("num_pages", "page_size", "num_kv_heads", "head_dim"))
             check_dtype(name, cache, (q.dtype,))
-            check_cuda(name, cache, self.device)
             check_last_dim_contiguous(name, cache)
             check_vector_aligned(name, cache)
         if kv.page_size != planner.page_size:
             raise ValueError(f"kv.page_size {kv.page_size} differs from the planner's page_size "
                              f"{planner.page_size}")
         batch_size = seq_lens.shape[0] if isinstance(seq_lens, torch.Tensor) else -1
-        _check_index_tensor("seq_lens", seq_lens, batch_size, self.device)
-        _check_index_tensor("qo_indptr", qo_indptr, batch_size + 1, self.device)
-        _check_index_tensor("kv.indptr", kv.indptr, batch_size + 1, self.device)
+        _check_index_tensor("seq_lens", seq_lens, batch_size)
+        _check_index_tensor("qo_indptr", qo_indptr, batch_size + 1)
+        _check_index_tensor("kv.indptr", kv.indptr, batch_size + 1)
         check_is_tensor("kv.indices", kv.indices)
         check_dtype("kv.indices", kv.indices, (torch.int32,))
-        check_cuda("kv.indices", kv.indices, self.device)
         if kv.indices.dim() != 1 or kv.indices.stride(0) != 1:
             raise ValueError(f"kv.indices must be a contiguous 1-d tensor; got shape "
                              f"{tuple(kv.indices.shape)}, strides {kv.indices.stride()}")
         for name in ("alibi_slopes", "sinks"):
             value = getattr(variant, name)
             if value is not None:
-                _check_per_head(name, value, num_qo_heads, self.device)
+                _check_per_head(name, value, num_qo_heads)
         if out is not None:
             check_is_tensor("out", out)
             check_shape("out", out, tuple(q.shape), ("num_tokens", "num_qo_heads", "head_dim"))
             check_dtype("out", out, (q.dtype,))
-            check_cuda("out", out, self.device)
             check_last_dim_contiguous("out", out)
             if out.data_ptr() % 4 != 0 or any(s % 2 for s in out.stride()[:2]):
                 raise ValueError(f"out needs a 4-byte aligned pointer and even strides; got "
                                  f"strides {out.stride()}")
+        # Devices last, so that the checks above also run (and are tested) on a CPU machine.
+        for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
+                             ("seq_lens", seq_lens), ("qo_indptr", qo_indptr),
+                             ("kv.indptr", kv.indptr), ("kv.indices", kv.indices),
+                             ("variant.alibi_slopes", variant.alibi_slopes),
+                             ("variant.sinks", variant.sinks), ("out", out)):
+            if tensor is not None:
+                check_cuda(name, tensor, self.device)
         o = out if out is not None else torch.empty_like(q)
         lse = (torch.empty(q.shape[:2], dtype=torch.float32, device=self.device)
                if return_lse else None)
