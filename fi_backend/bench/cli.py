@@ -209,6 +209,9 @@ def _run_e2e(args) -> int:
                 run_one = serve.run_backend if args.serve else e2e.run_backend
                 runs.append(run_one(model_name, model_dir, backend, args.workloads, settings,
                                     args.out, bar))
+                # Saved after every backend, so a run cut short keeps what it measured.
+                report.write_document({**document, "runs": report.merge_runs(previous, runs)},
+                                      args.out / f"{kind}.json")
     finally:
         bar.close()
     document["runs"] = report.merge_runs(previous, runs)
