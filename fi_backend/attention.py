@@ -86,7 +86,10 @@ class BatchAttention:
                 f"fi_backend._C was built with {_C.BATCH_ATTENTION_MAX_TILE_ROWS} tile rows but "
                 f"plan_layout.MAX_TILE_ROWS is {MAX_TILE_ROWS}; rebuild the extension")
         self.planner = planner
-        self.device = planner.device
+        device = torch.device(planner.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
         self.partial_o = torch.empty(planner.partial_o_shape, dtype=torch.float32,
                                      device=self.device)
         self.partial_lse = torch.empty(planner.partial_lse_shape, dtype=torch.float32,
