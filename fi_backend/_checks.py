@@ -55,12 +55,12 @@ def check_vector_aligned(name: str, tensor: torch.Tensor,
         raise ValueError(f"{name}'s data pointer {tensor.data_ptr():#x} (storage offset "
                          f"{tensor.storage_offset()} elements) is not {alignment_bytes}-byte "
                          f"aligned; it must be a multiple of {alignment_bytes} bytes")
-    for dim in range(tensor.dim() - 1):
-        stride_bytes = tensor.stride(dim) * tensor.element_size()
-        if tensor.shape[dim] > 1 and stride_bytes % alignment_bytes != 0:
-            raise ValueError(f"{name} has stride {tensor.stride(dim)} elements "
-                             f"({stride_bytes} bytes) along dimension {dim}; strides must be "
-                             f"multiples of {alignment_bytes} bytes")
+    element_size = tensor.element_size()
+    for dim, (size, stride) in enumerate(zip(tensor.shape[:-1], tensor.stride()[:-1])):
+        if size > 1 and stride * element_size % alignment_bytes != 0:
+            raise ValueError(f"{name} has stride {stride} elements ({stride * element_size} "
+                             f"bytes) along dimension {dim}; strides must be multiples of "
+                             f"{alignment_bytes} bytes")
 
 
 def check_cuda(name: str, tensor: torch.Tensor, device: torch.device | None = None) -> None:

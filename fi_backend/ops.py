@@ -20,6 +20,9 @@ from fi_backend._checks import (
     check_vector_aligned,
 )
 
+# Element types the extension's launchers take, by the name they are passed under.
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
 MERGE_STATES_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # The kernel's limits, defined once in fi_backend/csrc/merge_states.h.
 MERGE_STATES_MAX_HEAD_DIM: int = _C.MERGE_STATES_MAX_HEAD_DIM
@@ -88,7 +91,7 @@ def merge_states(
     lse = out_lse if out_lse is not None else s.new_empty((num_rows, num_heads))
     with torch.cuda.device(v.device):
         _C.merge_states(
-            dtype=str(v.dtype).removeprefix("torch."),
+            dtype=_DTYPE_NAMES[v.dtype],
             v=v.data_ptr(), v_strides=_element_strides(v)[:3],
             s=s.data_ptr(), s_strides=_element_strides(s),
             o=o.data_ptr(), o_strides=_element_strides(o)[:2],

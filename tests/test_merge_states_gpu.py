@@ -39,9 +39,9 @@ def oracle(v, s, empty):
     return reference.merge_states(v.masked_fill(empty.unsqueeze(-1), 0), s)
 
 
-def assert_matches_oracle(o, lse, v, s, empty):
+def assert_matches_oracle(o, lse, v, s, empty, output_tolerance=None):
     expected_o, expected_lse = oracle(v, s, empty)
-    tol = OUTPUT_TOLERANCE[v.dtype]
+    tol = output_tolerance or OUTPUT_TOLERANCE[v.dtype]
     assert o.dtype == v.dtype and lse.dtype == torch.float32
     torch.testing.assert_close(o.float(), expected_o, atol=tol, rtol=tol)
     torch.testing.assert_close(lse, expected_lse, atol=LSE_TOLERANCE, rtol=LSE_TOLERANCE)
@@ -96,9 +96,11 @@ def test_strided_views_are_read_and_written_in_place(dtype):
 
 def test_wide_lse_range_is_merged_without_overflow():
     # exp(+-600) over/underflows float32, so only a max-shifted merge gets these right.
+    # A float32 LSE near 600 is itself only known to its ulp (6e-5), which the softmax
+    # weights inherit as a relative error in kernel and oracle alike: hence 1e-4.
     v, s, empty = random_states((16, 5, 8, 128), torch.float32, seed=3, lse_scale=300.0)
     o, lse = ops.merge_states(v, s)
-    assert_matches_oracle(o, lse, v, s, empty)
+    assert_matches_oracle(o, lse, v, s, empty, output_tolerance=1e-4)
     assert lse.abs().max() > 100
 
 

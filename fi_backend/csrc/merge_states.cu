@@ -3,7 +3,8 @@
 // One thread owns one 16-byte slice of one (row, head) output and folds the S partial
 // states into a SoftmaxState in order; the threads of a (row, head) read the same LSE
 // values (one broadcast load each). The kernel is bandwidth-bound, so the loop keeps
-// kStatesInFlight independent 16-byte loads outstanding before it merges them.
+// kStatesInFlight independent 16-byte loads outstanding before it merges them, holding
+// them in their storage type (4 registers each) to keep occupancy up.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -53,20 +54,24 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   fi_kernels::SoftmaxState<kVec> state;
   state.init();
   for (std::int64_t first = 0; first < p.num_states; first += kStatesInFlight) {
-    float v_partial[kStatesInFlight][kVec];
+    fi_kernels::Vec<T, kVec> v_partial[kStatesInFlight];
     float lse_log2[kStatesInFlight];
 #pragma unroll
     for (int i = 0; i < kStatesInFlight; ++i) {
       const std::int64_t state_idx = first + i;
       if (state_idx < p.num_states) {
         lse_log2[i] = fi_kernels::lse_ln_to_log2(s[state_idx * p.s_stride_state]);
-        fi_kernels::load_as_float(v + state_idx * p.v_stride_state, v_partial[i]);
+        v_partial[i].load(v + state_idx * p.v_stride_state);
       } else {
         lse_log2[i] = -__int_as_float(0x7f800000);  // past the end: an empty state
       }
     }
 #pragma unroll
-    for (int i = 0; i < kStatesInFlight; ++i) state.merge_normalized(v_partial[i], lse_log2[i]);
+    for (int i = 0; i < kStatesInFlight; ++i) {
+      float v_float[kVec];
+      v_partial[i].to_float(v_float);
+      state.merge_normalized(v_float, lse_log2[i]);
+    }
   }
 
   float o[kVec];

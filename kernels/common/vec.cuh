@@ -60,6 +60,16 @@ struct alignas(kVecBytes) Vec {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) dst_words[w] = src_words[w];
   }
+
+  __device__ __forceinline__ void to_float(float (&dst)[N]) const {
+#pragma unroll
+    for (int i = 0; i < N; ++i) dst[i] = fi_kernels::to_float(elems[i]);
+  }
+
+  __device__ __forceinline__ void from_float(const float (&src)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) elems[i] = fi_kernels::from_float<T>(src[i]);
+  }
 };
 
 // Loads N consecutive elements of T (16-byte aligned) into float registers.
@@ -67,16 +77,14 @@ template <typename T, int N>
 __device__ __forceinline__ void load_as_float(const T* src, float (&dst)[N]) {
   Vec<T, N> vec;
   vec.load(src);
-#pragma unroll
-  for (int i = 0; i < N; ++i) dst[i] = to_float(vec.elems[i]);
+  vec.to_float(dst);
 }
 
 // Rounds N float registers to T and stores them to 16-byte aligned memory.
 template <typename T, int N>
 __device__ __forceinline__ void store_from_float(const float (&src)[N], T* dst) {
   Vec<T, N> vec;
-#pragma unroll
-  for (int i = 0; i < N; ++i) vec.elems[i] = from_float<T>(src[i]);
+  vec.from_float(src);
   vec.store(dst);
 }
 
