@@ -103,9 +103,9 @@ class CostModel:
 class SplitPolicy:
     """How the stream of tiles is cut into CTAs (module docstring, "Split policy")."""
 
-    overfill_fraction: float = 0.02
+    overfill_fraction: float = 0.05
     preferred_min_chunk_tokens: int = 256
-    min_chunk_fraction: float = 0.04
+    min_chunk_fraction: float = 0.06
     chunk_align_tokens: int = 16
 
 
