@@ -224,11 +224,16 @@ class PlanScheduler {
     double unassigned = total_cost;
     int cta = 0;
     double cta_load = 0.0;
+    // A CTA's target is its share of what is left, but never below the first CTA's: when
+    // earlier CTAs took whole tiles past their share, the later ones are left lighter (some
+    // idle) rather than split tiles that would not lower the busiest CTA's cost.
+    double mean_target = 0.0;
     auto target_of_current_cta = [&] {
       const int ctas_left = num_ctas - cta;
-      return (unassigned + (ctas_left - 1) * split_overhead) / ctas_left;
+      return std::max(mean_target, (unassigned + (ctas_left - 1) * split_overhead) / ctas_left);
     };
-    double target = target_of_current_cta();
+    mean_target = target_of_current_cta();
+    double target = mean_target;
     int num_items = 0, num_merges = 0, num_slots = 0;
     cta_work_indptr[0] = 0;
     auto close_cta = [&] {

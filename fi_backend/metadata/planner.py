@@ -38,8 +38,10 @@ Split policy
 ------------
 All tiles form one stream (request, then KV head, then query tile: consecutive items of a
 CTA reuse KV pages). The stream is cut into `num_ctas` consecutive pieces of equal cost, like
-a stream-K decomposition: CTA c takes items until its target (the unassigned cost over the
-CTAs still to fill, plus the overhead the remaining splits will add) is reached. When the
+a stream-K decomposition: CTA c takes items until its target is reached: the unassigned
+cost over the CTAs still to fill (plus the overhead the remaining splits will add), but never
+less than the first CTA's target, so that CTAs left light by earlier whole tiles stay light
+instead of splitting tiles that would not lower the busiest CTA's cost. When the
 next tile overfills a CTA by more than `overfill_fraction` of its target, the tile is split
 at the KV position that fills the CTA exactly; the rest continues in the next CTA. A chunk
 (and the rest) must hold at least `min(preferred_min_chunk_tokens, min_chunk_fraction x
