@@ -67,7 +67,8 @@ class FIAttentionImpl(AttentionImpl[FIMetadata]):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         reasons = unsupported_reasons(head_size=head_size, kv_cache_dtype=kv_cache_dtype)
         if attn_type != AttentionType.DECODER:
-            reasons.append(f"fi_backend: attention type {attn_type} is not supported; "
+            reasons.append(f"fi_backend: attention type {getattr(attn_type, 'value', attn_type)} "
+                           "is not supported; "
                            f"supported: {AttentionType.DECODER.value}")
         if unsupported:
             reasons.append(f"fi_backend: attention options {sorted(unsupported)} are not "
