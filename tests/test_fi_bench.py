@@ -152,6 +152,16 @@ def test_workload_prompts_share_exactly_the_prefix():
     assert WORKLOADS["shared-prefix"].max_seq_len == 8192 + 256 + 128
 
 
+def test_long_workloads_raise_a_short_trained_length_and_nothing_else(tmp_path):
+    from fi_backend.bench.workloads import hf_overrides_for
+
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 8192,
+                                                       "vocab_size": 10}))
+    assert hf_overrides_for(tmp_path, WORKLOADS["long"].max_seq_len) == {
+        "max_position_embeddings": 32768 + 128}
+    assert hf_overrides_for(tmp_path, WORKLOADS["decode"].max_seq_len) == {}
+
+
 # ----------------------------------------------------------------------------- results
 
 @pytest.mark.parametrize("fixture", ["fi_bench_e2e.json", "fi_bench_serve.json"])
@@ -271,11 +281,13 @@ def test_server_command_is_accepted_by_vllm_serve(tmp_path, monkeypatch):
     # device type; a CPU host with a CUDA build of torch has none. The parse itself is generic.
     monkeypatch.setattr(vllm.platforms.current_platform, "device_type", "cuda")
 
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
     command = serve.server_command(tmp_path, "m", "FLASH_ATTN", [WORKLOADS["long"]], SERVE_SETTINGS)
     parser = cli_args.make_arg_parser(FlexibleArgumentParser())
     args = parser.parse_args(command[command.index("serve") + 2:])
     assert args.attention_backend == "FLASH_ATTN" and args.load_format == "dummy"
     assert args.max_model_len == 32768 + 128 and args.port == 18731
+    assert args.hf_overrides == {"max_position_embeddings": 32768 + 128}
 
 
 def test_word_level_tokenizer_gives_prompts_of_the_exact_length(tmp_path):

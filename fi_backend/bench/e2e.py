@@ -32,7 +32,7 @@ import numpy as np
 
 from .host import OURS, backend_unavailable_reason, host_info
 from .progress import ProgressBar
-from .workloads import Workload, model_vocab_size
+from .workloads import Workload, hf_overrides_for, model_vocab_size
 
 PROGRESS_MARK = "@@fi-bench-progress "
 _WARMUP_SEED_OFFSET = 1_000_003
@@ -132,7 +132,8 @@ def _worker_main(spec_path: Path, result_path: Path) -> None:
               attention_backend=spec["backend"], dtype=spec["dtype"],
               max_model_len=max(w.max_seq_len for w in workloads),
               gpu_memory_utilization=spec["gpu_memory_utilization"],
-              enforce_eager=spec["enforce_eager"], disable_log_stats=False, seed=0)
+              enforce_eager=spec["enforce_eager"], hf_overrides=spec["hf_overrides"],
+              disable_log_stats=False, seed=0)
     result["engine_init_s"] = time.perf_counter() - init_start_s
     try:
         result["cudagraph_mode"] = str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode)
@@ -242,12 +243,12 @@ def run_backend(model_name: str, model_dir: Path, backend: str, workloads: list[
     log_path = out_dir / "logs" / f"e2e.{stem}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.unlink(missing_ok=True)
-    spec_path.write_text(json.dumps({
-        "model_dir": str(model_dir), "backend": backend,
-        "workloads": [w.__dict__ for w in workloads], **settings}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           # Dummy weights: the shape matters, not the quality past the trained length.
-           "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+    hf_overrides = hf_overrides_for(model_dir, max(w.max_seq_len for w in workloads))
+    run["hf_overrides"] = hf_overrides
+    spec_path.write_text(json.dumps({**settings, "model_dir": str(model_dir), "backend": backend,
+                                     "workloads": [w.__dict__ for w in workloads],
+                                     "hf_overrides": hf_overrides}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     command = [sys.executable, "-m", "fi_backend.bench.e2e", "--worker", str(spec_path),
                str(result_path)]
     bar.note(f"{model_name}/{backend}: starting engine")

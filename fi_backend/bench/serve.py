@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .host import backend_unavailable_reason
 from .progress import ProgressBar
-from .workloads import Workload, model_vocab_size
+from .workloads import Workload, hf_overrides_for, model_vocab_size
 
 _SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 _TOKENIZER_VOCAB_LIMIT = 32000  # a prompt's token ids stay below this, whatever the model's vocab
@@ -65,6 +65,9 @@ def server_command(served_dir: Path, model_name: str, backend: str, workloads: l
                "--max-model-len", str(max(w.max_seq_len for w in workloads)),
                "--gpu-memory-utilization", str(settings["gpu_memory_utilization"]),
                "--seed", "0"]
+    hf_overrides = hf_overrides_for(served_dir, max(w.max_seq_len for w in workloads))
+    if hf_overrides:
+        command += ["--hf-overrides", json.dumps(hf_overrides)]
     if settings["enforce_eager"]:
         command.append("--enforce-eager")
     return command
@@ -155,8 +158,7 @@ def run_backend(model_name: str, model_dir: Path, backend: str, workloads: list[
     logs_dir = out_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     server_log_path = logs_dir / f"serve.{model_name}.{backend}.server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     bar.note(f"{model_name}/{backend}: starting vllm serve")
     start_s = time.monotonic()
     with open(server_log_path, "w") as server_log:

@@ -98,7 +98,24 @@ def parse_models(names_csv: str) -> list[tuple[str, Path]]:
     return [resolve_model(n) for n in names]
 
 
-def model_vocab_size(config_dir: Path) -> int:
+def _text_config(config_dir: Path) -> dict:
     config = json.loads((config_dir / "config.json").read_text())
     # Multimodal-style configs nest the language model's settings.
-    return int(config.get("vocab_size") or config["text_config"]["vocab_size"])
+    return config.get("text_config", config)
+
+
+def model_vocab_size(config_dir: Path) -> int:
+    return int(_text_config(config_dir)["vocab_size"])
+
+
+def hf_overrides_for(config_dir: Path, max_seq_len: int) -> dict:
+    """Config overrides so that sequences of `max_seq_len` tokens run.
+
+    A model whose `max_position_embeddings` is shorter (Llama-3-8B: 8192) gets it raised: vLLM
+    sizes its RoPE cos/sin cache by it, and positions past the cache trip a device-side
+    assert. With dummy weights only the shapes matter, and raising it changes none of them.
+    """
+    trained_len = _text_config(config_dir).get("max_position_embeddings")
+    if trained_len is None or trained_len >= max_seq_len:
+        return {}
+    return {"max_position_embeddings": max_seq_len}
