@@ -287,3 +287,28 @@ def test_buffers_keep_their_address_and_plan_allocates_nothing():
         start = plan.layout.offsets[name]
         used = plan.section(name)
         np.testing.assert_array_equal(plan.buffer[start:start + len(used)].numpy(), used)
+
+
+@pytest.mark.gpu
+def test_cuda_plans_are_published_to_a_fixed_device_buffer():
+    planner = make_planner(device="cuda")
+    address = planner.buffer.data_ptr()
+    assert planner._staging.is_pinned()
+    rng = np.random.default_rng(2)
+    batches = [(indptr_of([1] * b), rng.integers(100, 30000, b).astype(np.int32))
+               for b in (256, 1, 16, 64)]
+    planner.plan(*batches[0], AttentionVariant())
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    for qo_indptr, kv_lens in batches * 3:
+        plan = planner.plan(qo_indptr, kv_lens, AttentionVariant())
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated
+    assert plan.buffer.data_ptr() == address
+    device_copy = plan.buffer.cpu().numpy()
+    for name in ("header", "cta_work_indptr", "work_request", "work_kv_head", "work_q_start",
+                 "work_q_len", "work_kv_start", "work_kv_end", "work_partial_slot",
+                 "merge_request", "merge_slot_start", "merge_num_slots"):
+        start = plan.layout.offsets[name]
+        used = plan.section(name)
+        np.testing.assert_array_equal(device_copy[start:start + len(used)], used)

@@ -169,8 +169,12 @@ class Planner:
     Capacities come from the engine limits (`PlanCapacity.for_engine`) unless `capacity` is
     given. `kv_len_slack`: how much the KV lengths handed to plan() may exceed the exact
     lengths (0 when they are exact). On a CUDA `device` the staging buffer is pinned and each
-    plan is published by one async copy on the current stream; on a CPU `device` the
-    "device" buffer is a second CPU tensor."""
+    plan is published on the current stream by async copies of the used part only: header
+    and CTA ranges, then one 2D copy for the work sections and one for the merge sections
+    (sections sit at their capacity's pitch, so a whole-buffer copy would move hundreds of KB
+    per step for a few KB of plan). plan() waits for the previous plan's copy before it
+    rewrites the staging buffer. On a CPU `device` the "device" buffer is a second CPU
+    tensor, filled by memcpy."""
 
     def __init__(self, *, max_requests: int, max_batched_tokens: int, max_model_len: int,
                  num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
@@ -199,6 +203,8 @@ class Planner:
         self.layout = PlanLayout(capacity)
         self.device = torch.device(device)
         self._is_cuda = self.device.type == "cuda"
+        if self._is_cuda and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
 
         self._staging = torch.zeros(self.layout.num_int32, dtype=torch.int32,
                                     pin_memory=self._is_cuda)
@@ -246,7 +252,8 @@ class Planner:
         """Plan a batch: `qo_indptr_host` int32 [B+1] (exact), `kv_len_host` int32 [B] (upper
         bounds, at most `kv_len_slack` above the exact lengths). Raises ValueError, having
         written nothing, when the batch does not fit the capacities."""
-        stream = torch.cuda.current_stream(self.device).cuda_stream if self._is_cuda else 0
+        # The raw handle: torch.cuda.current_stream() builds a Stream object (~9 us).
+        stream = torch._C._cuda_getCurrentRawStream(self.device.index) if self._is_cuda else 0
         num_work_items, num_merge_items, num_partial_slots = self._scheduler.plan(
             qo_indptr_host, kv_len_host, variant.causal, variant.window_left, stream)
         return Plan(self.buffer, self.layout, self.group_size, num_work_items,
