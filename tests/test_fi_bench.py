@@ -315,3 +315,56 @@ def test_progress_bar_counts_steps_on_a_plain_stream():
     lines = stream.getvalue().splitlines()
     assert "[##------] 1/4" in lines[1] and lines[1].endswith("one")
     assert "[########] 4/4" in lines[2]
+
+
+# ----------------------------------------------------------------------------- kernels
+
+BENCH_KERNELS_LOG = """\
+[bench] FlashInfer not available: No module named 'flashinfer'
+[bench] fa3 failed on decode skewed 1 x 32768 + 63 x 512: RuntimeError: out of memory
+"""
+
+
+def test_bench_kernels_json_becomes_runs_with_reasons_not_zeros():
+    from fi_backend.bench.kernels import runs_from_bench_json
+
+    runs = runs_from_bench_json(load_fixture("bench_kernels_output.json"), BENCH_KERNELS_LOG)
+    cell = {(r["case"], r["backend"]): r for r in runs}
+    assert cell[("1 x 32768", OURS)]["time_us"] == 60.0
+    assert cell[("1 x 32768", "FLASH_ATTN")]["fraction_of_ceiling"] == 0.65
+    skipped = cell[("1 x 32768", "FLASHINFER")]
+    assert (skipped["status"], skipped["time_us"]) == ("skipped", None)
+    assert "No module named 'flashinfer'" in skipped["reason"]
+    failed = cell[("skewed 1 x 32768 + 63 x 512", "FLASH_ATTN")]
+    assert failed["status"] == "failed" and "out of memory" in failed["reason"]
+    prefill = cell[("1 x 4096", OURS)]
+    assert prefill["params"]["tflops"] == 458.0
+    assert prefill["fraction_of_ceiling"] == pytest.approx(458.0 / 790.0)
+
+    document = report.new_document("kernels", {"gpu": "H100"}, {})
+    document["ceilings"] = {"copy_gbs": 3029.0, "matmul_tflops": 790.0}
+    document["runs"] = runs
+    report.validate_results(document)
+    text = report.markdown(document)
+    assert "| 1 x 32768 | 60.0 (0.74) | 67.7 (0.65) ×1.13 | skipped |" in text
+    assert "copy 3029 GB/s" in text
+
+
+def test_kernel_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fi_backend.bench.kernels import runs_from_bench_json
+
+    document = report.new_document("kernels", {"gpu": "H100"}, {})
+    document["runs"] = runs_from_bench_json(load_fixture("bench_kernels_output.json"))
+    written = report.plot(document, tmp_path)
+    assert sorted(p.name for p in written) == ["kernels_decode.png", "kernels_prefill.png"]
+    assert all(_png_size(p)[0] > 600 for p in written)
+
+
+def test_kernels_command_runs_the_repository_benchmark():
+    from fi_backend.bench import kernels
+
+    assert kernels.BENCH_SCRIPT.is_file()
+    command = kernels.bench_command(Path("/tmp/k.json"), quick=True, replays=7, no_compare=False)
+    assert command[1:] == [str(kernels.BENCH_SCRIPT), "--out", "/tmp/k.json", "--quick",
+                           "--replays", "7"]

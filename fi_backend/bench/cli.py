@@ -155,9 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--timeout-s", type=_checked(_positive_int), default=1800,
                          help="stop bench_kernels.py after this many seconds (default: "
                               "%(default)s)")
-    kernels.add_argument("bench_args", nargs=argparse.REMAINDER,
-                         help="after '--': options passed unchanged to "
-                              "benchmarks/bench_kernels.py (see its --help)")
+    kernels.add_argument("--quick", action="store_true",
+                         help="skip the KV 32768 decode cells at batch >= 64 and the "
+                              "(1, 16384) prefill (bench_kernels.py --quick)")
+    kernels.add_argument("--replays", type=_checked(_positive_int), default=None,
+                         help="CUDA-graph replays per case, median reported (default: "
+                              "bench_kernels.py's, 30, fewer for the largest cases)")
+    kernels.add_argument("--no-compare", action="store_true",
+                         help="time only ours, not FlashInfer / FA3")
 
     report = commands.add_parser(
         "report", help="print tables and redraw plots from a results JSON",
@@ -223,8 +228,8 @@ def _run_e2e(args) -> int:
 def _run_kernels(args) -> int:
     from . import kernels, report
 
-    bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
-    document = kernels.run(bench_args, args.out, args.timeout_s)
+    document = kernels.run(args.out, args.timeout_s, quick=args.quick, replays=args.replays,
+                           no_compare=args.no_compare)
     document["runs"] = report.merge_runs(_previous_runs(args.out, "kernels", args.fresh),
                                          document["runs"])
     written = report.publish(document, args.out, sys.stdout)

@@ -24,7 +24,9 @@ serve run: {"model", "backend", "status", "reason", "server_start_s",
                            "completed", "duration_s", "output_tokens_per_s",
                            "ttft_ms": LAT, "itl_ms": LAT, "tpot_ms": LAT}]}]}
 kernels run: {"case", "group", "backend", "status", "reason", "time_us": float|null,
-              "fraction_of_ceiling": float|null, "params": {...}}
+              "fraction_of_ceiling": float|null (decode: of the copy rate, prefill: of the
+              matmul rate), "params": {"tflops"?}}; the kernels document also has
+              "ceilings": {"copy_gbs", "matmul_tflops", "device", "sms"}.
 LAT = {"mean", "p50", "p99"} in milliseconds (null when nothing was measured).
 A backend that could not run has status "skipped" or "failed" and a reason: never a zero.
 `vs_ours` = this backend's value ÷ ours (ITL 1.20 means this backend is 20 % slower than ours).
@@ -345,6 +347,11 @@ def markdown(document: dict) -> str:
     head = (f"GPU: {host.get('gpu') or '–'}; vLLM {host.get('vllm') or '–'}, "
             f"torch {host.get('torch') or '–'}, flashinfer {host.get('flashinfer') or '–'}, "
             f"fi_backend {host.get('fi_backend_commit') or '–'}; {document['created_utc']}")
+    ceilings = document.get("ceilings") or {}
+    if ceilings.get("copy_gbs") and ceilings.get("matmul_tflops"):
+        head += (f"\n\nCeilings on this card: device-to-device copy {ceilings['copy_gbs']:.0f} GB/s"
+                 f" (read + write), bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s. Decode "
+                 "fractions are of the copy rate, prefill fractions of the matmul rate.")
     return head + "\n\n" + render[document["kind"]](document) + "\n"
 
 
