@@ -30,7 +30,7 @@ namespace fi_kernels {
 
 constexpr int kAttentionThreads = 128;
 constexpr int kAttentionWarps = kAttentionThreads / 32;
-constexpr int kStages = 2;
+constexpr int kStages = 3;
 constexpr int kStageTokens = 64;  // keys per K (or V) stage buffer
 constexpr int kDecodeMaxRows = 16;
 // -inf as a compile-time float (__int_as_float is not constexpr).
@@ -206,14 +206,24 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
 
   const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
   // Pipeline: groups are committed in the order Q+K_0, V_0, K_1, V_1, ...; tile t lives in
-  // stage t % kStages. Empty groups keep the count uniform past the last tile.
+  // stage t % kStages. Empty groups keep the count uniform past the last tile. `ahead` holds
+  // the page ids of the next tile to copy, fetched one tile early.
+  typename Loader::template TilePages<kTileKv> ahead;
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
-    if (t < num_tiles) loader.template load_tile<kTileKv, false>(item.kv_lo + t * kTileKv, smem.k_stage(t));
-    mma::cp_async_commit();
-    if (t < num_tiles) loader.template load_tile<kTileKv, true>(item.kv_lo + t * kTileKv, smem.v_stage(t));
-    mma::cp_async_commit();
+    if (t < num_tiles) {
+      const int tile_lo = item.kv_lo + t * kTileKv;
+      loader.fetch_pages(tile_lo, ahead);
+      loader.template load_tile<kTileKv, false>(tile_lo, ahead, smem.k_stage(t));
+      mma::cp_async_commit();
+      loader.template load_tile<kTileKv, true>(tile_lo, ahead, smem.v_stage(t));
+      mma::cp_async_commit();
+    } else {
+      mma::cp_async_commit();
+      mma::cp_async_commit();
+    }
   }
+  if (kStages - 1 < num_tiles) loader.fetch_pages(item.kv_lo + (kStages - 1) * kTileKv, ahead);
 
   // Per-thread rows of the warp's 16-row slab: g and g + 8 (h = 0, 1).
   const int g = lane / 4;
@@ -245,7 +255,7 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     mma::cp_async_wait<kGroupsAhead>();  // K_t (and Q) landed
     __syncthreads();                     // ... for every thread; stage (t-1) % kStages is free
     if (prefetch < num_tiles) {
-      loader.template load_tile<kTileKv, false>(item.kv_lo + prefetch * kTileKv,
+      loader.template load_tile<kTileKv, false>(item.kv_lo + prefetch * kTileKv, ahead,
                                                 smem.k_stage(prefetch % kStages));
     }
     mma::cp_async_commit();
@@ -326,10 +336,11 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     mma::cp_async_wait<kGroupsAhead>();  // V_t landed
     __syncthreads();
     if (prefetch < num_tiles) {
-      loader.template load_tile<kTileKv, true>(item.kv_lo + prefetch * kTileKv,
+      loader.template load_tile<kTileKv, true>(item.kv_lo + prefetch * kTileKv, ahead,
                                                smem.v_stage(prefetch % kStages));
     }
     mma::cp_async_commit();
+    if (prefetch + 1 < num_tiles) loader.fetch_pages(item.kv_lo + (prefetch + 1) * kTileKv, ahead);
 
     // O += P V over the warp's keys.
     const T* v_tile = smem.v_stage(stage);
@@ -435,6 +446,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
 }
 
 constexpr int kMergeThreads = 128;
+constexpr int kSlotsInFlight = 8;
 
 // Folds the partial slots of each merge item into the final output. Grid-stride over the
 // plan's merge items, so the grid is fixed while the number of merge items varies.
@@ -460,11 +472,28 @@ __global__ void __launch_bounds__(kMergeThreads)
       const int col = (idx % (HEAD_DIM / kCols)) * kCols;
       SoftmaxState<kCols> state;
       state.init();
-      for (int slot = slot0; slot < slot0 + num_slots; ++slot) {
-        const float4 part = *reinterpret_cast<const float4*>(
-            p.partial_o + (static_cast<std::int64_t>(slot) * kMaxTileRows + row) * HEAD_DIM + col);
-        const float part_o[kCols] = {part.x, part.y, part.z, part.w};
-        state.merge_normalized(part_o, lse_ln_to_log2(p.partial_lse[slot * kMaxTileRows + row]));
+      // kSlotsInFlight independent loads before the (sequential) merges, so that a long
+      // split costs a few memory latencies rather than one per slot.
+      for (int first = slot0; first < slot0 + num_slots; first += kSlotsInFlight) {
+        float4 part[kSlotsInFlight];
+        float lse_log2[kSlotsInFlight];
+#pragma unroll
+        for (int i = 0; i < kSlotsInFlight; ++i) {
+          const int slot = first + i;
+          if (slot < slot0 + num_slots) {
+            part[i] = *reinterpret_cast<const float4*>(
+                p.partial_o + (static_cast<std::int64_t>(slot) * kMaxTileRows + row) * HEAD_DIM +
+                col);
+            lse_log2[i] = lse_ln_to_log2(p.partial_lse[slot * kMaxTileRows + row]);
+          } else {
+            lse_log2[i] = kNegInf;  // past the end: an empty state, skipped by merge
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kSlotsInFlight; ++i) {
+          const float part_o[kCols] = {part[i].x, part[i].y, part[i].z, part[i].w};
+          state.merge_normalized(part_o, lse_log2[i]);
+        }
       }
       float out[kCols];
       state.normalized_output(out);

@@ -50,25 +50,45 @@ struct PagedKvLoader {
   FastDivmod page_size;
   int kv_hi;  // keys at positions >= kv_hi are not loaded (zero-filled)
 
+  // Page ids of this thread's rows of one tile. fetch_pages issues their loads a tile ahead
+  // of the cp.async copies that need them, so the page-table lookup (a dependent global load)
+  // stays off the critical path.
+  template <int TILE_TOKENS>
+  struct TilePages {
+    static_assert(TILE_TOKENS % kRowsPerPass == 0, "a tile is a whole number of passes");
+    static constexpr int kPasses = TILE_TOKENS / kRowsPerPass;
+    std::int32_t page[kPasses];
+  };
+
+  template <int TILE_TOKENS>
+  __device__ __forceinline__ void fetch_pages(int tile_lo, TilePages<TILE_TOKENS>& tile) const {
+#pragma unroll
+    for (int pass = 0; pass < TilePages<TILE_TOKENS>::kPasses; ++pass) {
+      const int pos = tile_lo + threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
+      int page_idx = 0, in_page = 0;
+      if (pos < kv_hi) page_size.divmod(pos, page_idx, in_page);
+      tile.page[pass] = pos < kv_hi ? pages[page_idx] : 0;
+    }
+  }
+
   // Issues cp.async copies of keys [tile_lo, tile_lo + TILE_TOKENS) into a swizzled
   // [TILE_TOKENS][HEAD_DIM] tile; IS_V picks V instead of K. Keys at or past kv_hi become 0.
   template <int TILE_TOKENS, bool IS_V>
-  __device__ __forceinline__ void load_tile(int tile_lo, T* tile_smem) const {
-    static_assert(TILE_TOKENS % kRowsPerPass == 0, "a tile is a whole number of passes");
+  __device__ __forceinline__ void load_tile(int tile_lo, const TilePages<TILE_TOKENS>& tile,
+                                            T* tile_smem) const {
     const int chunk = threadIdx.x % kChunksPerRow;
     const T* head = IS_V ? v_head : k_head;
     const std::int64_t stride_page = IS_V ? v_stride_page : k_stride_page;
     const std::int64_t stride_token = IS_V ? v_stride_token : k_stride_token;
 #pragma unroll
-    for (int pass = 0; pass < TILE_TOKENS / kRowsPerPass; ++pass) {
+    for (int pass = 0; pass < TilePages<TILE_TOKENS>::kPasses; ++pass) {
       const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
       const int pos = tile_lo + row;
-      const bool valid = pos < kv_hi;
       int page_idx = 0, in_page = 0;
-      if (valid) page_size.divmod(pos, page_idx, in_page);
-      const std::int64_t page = valid ? pages[page_idx] : 0;
-      const T* src = head + page * stride_page + in_page * stride_token + chunk * 8;
-      mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src, valid);
+      page_size.divmod(pos, page_idx, in_page);
+      const T* src = head + static_cast<std::int64_t>(tile.page[pass]) * stride_page +
+                     in_page * stride_token + chunk * 8;
+      mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src, pos < kv_hi);
     }
   }
 };

@@ -1,0 +1,294 @@
+"""Kernel benchmark of BatchAttention (issue 4, item 5) against the card's ceilings and, when
+importable, FlashInfer and vLLM's FlashAttention-3 on the same inputs in the same run.
+
+Shapes: bf16, 32 query / 8 KV heads, head_dim 128, page size 16, shuffled page order, K and
+V as two `(pages, 16, 8, 128)` tensors. Decode: batch {1, 16, 64, 256} x KV {512, 2048, 8192,
+32768} and the skewed batch 1 x 32768 + 63 x 512. Causal prefill (query length = KV length):
+(batch, len) in {(1, 4096), (1, 16384), (8, 2048), (32, 512)}.
+
+Method (../shared/ANCHORS.md uses the same): each implementation is planned outside the
+timed region, captured in a CUDA graph, and each replay is timed with CUDA events right after
+an L2 flush (a 256 MiB write); the median of the replays is reported. Ceilings measured
+first on the same card: device-to-device copy bandwidth (bytes read + written) and the bf16
+matmul rate (8192^3). Decode reports the fraction of the copy bandwidth its KV bytes
+achieve; prefill reports TFLOP/s (4 * sum(q_len * kv_len) / 2 * heads * head_dim).
+
+    python benchmarks/bench_kernels.py --out results.json [--quick] [--no-compare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fi_backend.attention import BatchAttention, ctas_per_sm  # noqa: E402
+from fi_backend.metadata.block_sparse import BlockSparseKV  # noqa: E402
+from fi_backend.metadata.planner import Planner  # noqa: E402
+from fi_backend.variants import AttentionVariant  # noqa: E402
+
+NUM_QO_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE = 32, 8, 128, 16
+DTYPE = torch.bfloat16
+DECODE_BATCHES = (1, 16, 64, 256)
+DECODE_KV_LENS = (512, 2048, 8192, 32768)
+PREFILL_CELLS = ((1, 4096), (1, 16384), (8, 2048), (32, 512))
+FLUSH_BYTES = 256 << 20
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+
+
+class Timer:
+    """Median time (µs) of CUDA-graph replays, each after an L2 flush."""
+
+    def __init__(self, replays: int) -> None:
+        self.replays = replays
+        self.flush_buffer = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
+
+    def time_us(self, fn, replays: int | None = None) -> float:
+        fn()  # warm-up outside the graph (lazy init, autotuning)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            with torch.cuda.graph(graph, stream=stream):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(replays or self.replays):
+            self.flush_buffer.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e3)
+        return statistics.median(times)
+
+
+def copy_bandwidth_gbs(timer: Timer) -> float:
+    """Best of a memcpy node and an SM copy kernel over 1 GiB (a graph's memcpy node may run
+    on the copy engines, which are slower than the SMs)."""
+    src = torch.randn(1 << 28, device="cuda")
+    dst = torch.empty_like(src)
+    best_us = min(timer.time_us(lambda: dst.copy_(src), replays=20),
+                  timer.time_us(lambda: torch.mul(src, 1.0, out=dst), replays=20))
+    return 2 * src.numel() * src.element_size() / (best_us * 1e-6) / 1e9
+
+
+def matmul_tflops(timer: Timer) -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=DTYPE)
+    b = torch.randn(n, n, device="cuda", dtype=DTYPE)
+    us = timer.time_us(lambda: torch.matmul(a, b), replays=20)
+    return 2 * n**3 / (us * 1e-6) / 1e12
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+class PagePool:
+    """K and V caches `(pages, 16, 8, 128)` with random contents; each batch takes a random
+    (shuffled) subset of pages."""
+
+    def __init__(self, num_pages: int) -> None:
+        shape = (num_pages, PAGE_SIZE, NUM_KV_HEADS, HEAD_DIM)
+        self.k = torch.randn(shape, device="cuda", dtype=DTYPE)
+        self.v = torch.randn(shape, device="cuda", dtype=DTYPE)
+        self.num_pages = num_pages
+
+    def batch(self, q_lens, kv_lens, seed):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        kv_lens = np.asarray(kv_lens, dtype=np.int32)
+        q_lens = np.asarray(q_lens, dtype=np.int32)
+        pages_per_req = -(-kv_lens // PAGE_SIZE)
+        num_pages = int(pages_per_req.sum())
+        indices = torch.randperm(self.num_pages, generator=gen, device="cuda")[:num_pages]
+        indptr = np.concatenate([[0], np.cumsum(pages_per_req)]).astype(np.int32)
+        last_page_len = (kv_lens - (pages_per_req - 1) * PAGE_SIZE).astype(np.int32)
+        qo_indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+        block_table = torch.zeros(len(kv_lens), int(pages_per_req.max()), dtype=torch.int32,
+                                  device="cuda")
+        for b in range(len(kv_lens)):
+            block_table[b, :pages_per_req[b]] = indices[indptr[b]:indptr[b + 1]]
+        return dict(
+            q=torch.randn(int(qo_indptr[-1]), NUM_QO_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE),
+            kv=BlockSparseKV(indptr=torch.from_numpy(indptr).cuda(),
+                             indices=indices.to(torch.int32).contiguous(),
+                             last_page_len=torch.from_numpy(last_page_len).cuda(),
+                             page_size=PAGE_SIZE),
+            seq_lens=torch.from_numpy(kv_lens).cuda(), qo_indptr=torch.from_numpy(qo_indptr).cuda(),
+            qo_indptr_host=qo_indptr, kv_lens_host=kv_lens, block_table=block_table,
+            max_q=int(q_lens.max()), max_kv=int(kv_lens.max()))
+
+
+# ---------------------------------------------------------------------------------------
+# Implementations: each returns a zero-argument callable that runs the attention once.
+
+
+def ours(attention: BatchAttention, pool: PagePool, batch, causal: bool):
+    variant = AttentionVariant(causal=causal)
+    attention.plan(batch["qo_indptr_host"], batch["kv_lens_host"], variant)
+    out = torch.empty_like(batch["q"])
+    return lambda: attention.run(batch["q"], pool.k, pool.v, batch["kv"], batch["seq_lens"],
+                                 batch["qo_indptr"], variant, out=out)
+
+
+def flashinfer_impl(pool: PagePool, batch, decode: bool, workspace):
+    import flashinfer
+
+    kv = batch["kv"]
+    if decode:
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD",
+                                                                use_tensor_cores=True)
+        wrapper.plan(kv.indptr, kv.indices, kv.last_page_len, NUM_QO_HEADS, NUM_KV_HEADS,
+                     HEAD_DIM, PAGE_SIZE, q_data_type=DTYPE, kv_data_type=DTYPE)
+    else:
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend="fa2")
+        wrapper.plan(batch["qo_indptr"], kv.indptr, kv.indices, kv.last_page_len, NUM_QO_HEADS,
+                     NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE, causal=True, q_data_type=DTYPE,
+                     kv_data_type=DTYPE)
+    return lambda: wrapper.run(batch["q"], (pool.k, pool.v))
+
+
+def fa3_impl(pool: PagePool, batch, causal: bool):
+    from vllm.vllm_flash_attn import flash_attn_varlen_func, get_scheduler_metadata
+
+    num_requests = batch["seq_lens"].shape[0]
+    metadata = get_scheduler_metadata(
+        num_requests, batch["max_q"], batch["max_kv"], NUM_QO_HEADS, NUM_KV_HEADS, HEAD_DIM,
+        cache_seqlens=batch["seq_lens"], qkv_dtype=DTYPE, cu_seqlens_q=batch["qo_indptr"],
+        page_size=PAGE_SIZE, causal=causal)
+    out = torch.empty_like(batch["q"])
+    return lambda: flash_attn_varlen_func(
+        batch["q"], pool.k, pool.v, max_seqlen_q=batch["max_q"], cu_seqlens_q=batch["qo_indptr"],
+        max_seqlen_k=batch["max_kv"], seqused_k=batch["seq_lens"],
+        softmax_scale=1 / math.sqrt(HEAD_DIM), causal=causal, block_table=batch["block_table"],
+        out=out, scheduler_metadata=metadata, fa_version=3)
+
+
+def comparisons(enabled: bool) -> dict:
+    found = {}
+    if not enabled:
+        return found
+    try:
+        import flashinfer  # noqa: F401
+        found["flashinfer"] = True
+    except Exception as error:  # noqa: BLE001 - any import failure means "not available"
+        print(f"[bench] FlashInfer not available: {error}")
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func  # noqa: F401
+        found["fa3"] = True
+    except Exception as error:  # noqa: BLE001
+        print(f"[bench] vLLM FlashAttention-3 not available: {error}")
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON results path")
+    parser.add_argument("--replays", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="skip KV 32768 decode cells at "
+                        "batch >= 64 and the (1, 16384) prefill")
+    parser.add_argument("--no-compare", action="store_true", help="time only fi_backend")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    timer = Timer(args.replays)
+    props = torch.cuda.get_device_properties(0)
+    copy_gbs = copy_bandwidth_gbs(timer)
+    mm_tflops = matmul_tflops(timer)
+    print(f"{props.name}: {props.multi_processor_count} SMs, copy {copy_gbs:.0f} GB/s, "
+          f"bf16 matmul {mm_tflops:.0f} TFLOP/s")
+
+    decode_cells = [(b, kv) for b in DECODE_BATCHES for kv in DECODE_KV_LENS
+                    if not (args.quick and b >= 64 and kv == 32768)]
+    prefill_cells = [c for c in PREFILL_CELLS if not (args.quick and c == (1, 16384))]
+    max_tokens = max([b * kv for b, kv in decode_cells] + [b * n for b, n in prefill_cells])
+    pool = PagePool(max_tokens // PAGE_SIZE + 64)
+    num_ctas = props.multi_processor_count * ctas_per_sm(DTYPE, HEAD_DIM)
+    planner = Planner(max_requests=256, max_batched_tokens=16384, max_model_len=32768,
+                      num_qo_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
+                      page_size=PAGE_SIZE, num_ctas=num_ctas, device="cuda")
+    attention = BatchAttention(planner)
+    others = comparisons(not args.no_compare)
+    workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    kv_token_bytes = 2 * NUM_KV_HEADS * HEAD_DIM * DTYPE.itemsize
+
+    cases = [("decode", f"{b} x {kv}", [1] * b, [kv] * b) for b, kv in decode_cells]
+    cases.append(("decode", "skewed 1 x 32768 + 63 x 512", [1] * 64, [32768] + [512] * 63))
+    cases += [("prefill", f"{b} x {n}", [n] * b, [n] * b) for b, n in prefill_cells]
+
+    results = []
+    for seed, (kind, name, q_lens, kv_lens) in enumerate(cases):
+        batch = pool.batch(q_lens, kv_lens, seed)
+        decode = kind == "decode"
+        replays = max(5, min(args.replays, int(2e5 / max(sum(kv_lens) / 64, 1))))
+        row = {"kind": kind, "case": name, "us": {}}
+        impls = {"fi_backend": lambda: ours(attention, pool, batch, causal=True)}
+        if "flashinfer" in others:
+            impls["flashinfer"] = lambda: flashinfer_impl(pool, batch, decode, workspace)
+        if "fa3" in others:
+            impls["fa3"] = lambda: fa3_impl(pool, batch, causal=True)
+        for impl_name, make in impls.items():
+            try:
+                row["us"][impl_name] = timer.time_us(make(), replays)
+            except Exception as error:  # noqa: BLE001 - report and go on with the others
+                print(f"[bench] {impl_name} failed on {kind} {name}: {type(error).__name__}: "
+                      f"{error}")
+        if decode:
+            row["kv_bytes"] = sum(kv_lens) * kv_token_bytes
+            row["frac_copy_bw"] = {k: row["kv_bytes"] / (us * 1e-6) / 1e9 / copy_gbs
+                                   for k, us in row["us"].items()}
+        else:
+            flops = 4 * sum(q * kv for q, kv in zip(q_lens, kv_lens)) / 2 * NUM_QO_HEADS * HEAD_DIM
+            row["tflops"] = {k: flops / (us * 1e-6) / 1e12 for k, us in row["us"].items()}
+        results.append(row)
+        print(format_row(row), flush=True)
+
+    print("\n" + table(results))
+    args.out.write_text(json.dumps({
+        "device": props.name, "sms": props.multi_processor_count, "num_ctas": num_ctas,
+        "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": results}, indent=1))
+
+
+def format_row(row) -> str:
+    metric = row.get("frac_copy_bw") or row.get("tflops")
+    unit = "of copy BW" if "frac_copy_bw" in row else "TFLOP/s"
+    parts = [f"{k} {us:9.1f} us ({metric[k]:.2f} {unit})" for k, us in row["us"].items()]
+    return f"{row['kind']:7s} {row['case']:30s} " + " | ".join(parts)
+
+
+def table(results) -> str:
+    names = sorted({k for r in results for k in r["us"]}, key=lambda k: k != "fi_backend")
+    header = "| kind | case | " + " | ".join(f"{n} µs (frac / TFLOP/s)" for n in names)
+    header += " | ours / best other |"
+    lines = [header, "|" + "---|" * (3 + len(names))]
+    for r in results:
+        metric = r.get("frac_copy_bw") or r.get("tflops")
+        cells = [f"{r['us'][n]:.1f} ({metric[n]:.2f})" if n in r["us"] else "-" for n in names]
+        others = [r["us"][n] for n in names if n != "fi_backend" and n in r["us"]]
+        ratio = (f"{min(others) / r['us']['fi_backend']:.2f}x"
+                 if others and "fi_backend" in r["us"] else "-")
+        lines.append(f"| {r['kind']} | {r['case']} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
