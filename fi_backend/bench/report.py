@@ -401,6 +401,7 @@ def plot_e2e(document: dict, out_dir: Path) -> list[Path]:
             ax.grid(axis="y", alpha=0.3)
         ax_itl.legend()
         fig.suptitle(f"{model}: vLLM offline, dummy weights ({document['host'].get('gpu') or '?'})")
+        _note_not_run(fig, [r for r in document["runs"] if r["model"] == model])
         fig.tight_layout()
         path = out_dir / f"e2e_{_slug(model)}.png"
         fig.savefig(path, dpi=110)
@@ -419,6 +420,7 @@ def plot_serve(document: dict, out_dir: Path) -> list[Path]:
                       key=lambda r: _backend_order(r["backend"]))
         for name in dict.fromkeys(w["workload"] for r in runs for w in r["workloads"]):
             fig, (ax_ttft, ax_itl) = plt.subplots(1, 2, figsize=(12, 4.5))
+            tick_labels = {}
             for run in runs:
                 for w in (w for w in run["workloads"] if w["workload"] == name):
                     # "all at once" (rate null) is drawn past the largest finite rate.
@@ -427,6 +429,8 @@ def plot_serve(document: dict, out_dir: Path) -> list[Path]:
                     points = sorted(((inf_x if r["request_rate"] is None else r["request_rate"]), r)
                                     for r in w["rates"])
                     xs = [x for x, _ in points]
+                    tick_labels.update({x: "all" if r["request_rate"] is None else f"{x:g}"
+                                        for x, r in points})
                     for ax, key in ((ax_ttft, "ttft_ms"), (ax_itl, "itl_ms")):
                         line, = ax.plot(xs, [_nan(r[key]["p50"]) for _, r in points], marker="o",
                                         label=f"{_label(run['backend'])} p50")
@@ -435,11 +439,14 @@ def plot_serve(document: dict, out_dir: Path) -> list[Path]:
             for ax, title in ((ax_ttft, "time to first token, ms"),
                               (ax_itl, "inter-token latency, ms")):
                 ax.set_xscale("log")
-                ax.set_xlabel("request rate, req/s (rightmost: all at once)")
+                ax.set_xticks(sorted(tick_labels), [tick_labels[x] for x in sorted(tick_labels)])
+                ax.minorticks_off()
+                ax.set_xlabel("request rate, req/s ('all': every request at once)")
                 ax.set_title(title)
                 ax.grid(alpha=0.3)
             ax_itl.legend(fontsize=8)
             fig.suptitle(f"{model}, {name}: vllm serve ({document['host'].get('gpu') or '?'})")
+            _note_not_run(fig, [r for r in document["runs"] if r["model"] == model])
             fig.tight_layout()
             path = out_dir / f"serve_{_slug(model)}_{_slug(name)}.png"
             fig.savefig(path, dpi=110)
@@ -476,6 +483,13 @@ def plot_kernels(document: dict, out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _note_not_run(fig, runs: list[dict]) -> None:
+    """Backends without bars are named under the figure, so absence never reads as zero."""
+    missing = [f"{_label(r['backend'])} {r['status']}" for r in runs if r["status"] != "ok"]
+    if missing:
+        fig.text(0.01, 0.005, "not measured: " + ", ".join(missing), fontsize=8, color="dimgray")
 
 
 def _nan(value):
