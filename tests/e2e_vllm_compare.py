@@ -158,7 +158,10 @@ def run_job(job: Job) -> None:
     greedy = llm.generate(inputs, SamplingParams(temperature=0.0, max_tokens=job.gen_tokens,
                                                  ignore_eos=True, detokenize=False,
                                                  logprobs=2), use_tqdm=False)
+    vllm_config = llm.llm_engine.vllm_config
     Path(job.out_path).write_text(json.dumps({
+        "setup": f"backend {vllm_config.attention_config.backend.name}, cudagraph_mode "
+                 f"{vllm_config.compilation_config.cudagraph_mode.name}",
         "prompt_logprobs": prompt_logprobs,
         "greedy": [list(out.outputs[0].token_ids) for out in greedy],
         # per generated position: the top-2 tokens and their logprobs (JSON keys are text)
@@ -194,9 +197,9 @@ def compare(case: str, baseline_name: str, candidate_name: str, baseline: dict,
     greedy_ok = (exact_fraction if args.exact_greedy else consistent_fraction) >= \
         args.min_greedy_agreement
     verdict = "PASS" if logprobs_ok and greedy_ok else "FAIL"
-    print(f"{case}: {candidate_name} vs {baseline_name} | prompt logprobs over {len(diffs)} "
-          f"tokens: max|d| {max_diff:.4f} (tol {args.max_logprob_diff}), mean|d| "
-          f"{mean_diff:.5f} (tol {args.mean_logprob_diff}) | greedy first {args.gen_tokens} "
+    print(f"{case}: {candidate_name} vs {baseline_name} ({candidate['setup']}) | prompt "
+          f"logprobs over {len(diffs)} tokens: max|d| {max_diff:.4f} (tol "
+          f"{args.max_logprob_diff}), mean|d| {mean_diff:.5f} (tol {args.mean_logprob_diff}) | greedy first {args.gen_tokens} "
           f"tokens: equal {exact}/{num_prompts} = {100 * exact_fraction:.1f}%, equal up to a "
           f"near tie (<= {args.tie_tol} nats) {exact + near_tie}/{num_prompts} = "
           f"{100 * consistent_fraction:.1f}% (need {100 * args.min_greedy_agreement:.0f}% "
