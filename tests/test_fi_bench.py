@@ -164,9 +164,29 @@ def test_long_workloads_raise_a_short_trained_length_and_nothing_else(tmp_path):
 
 # ----------------------------------------------------------------------------- results
 
-@pytest.mark.parametrize("fixture", ["fi_bench_e2e.json", "fi_bench_serve.json"])
-def test_recorded_results_match_the_schema(fixture):
+# *_h100_*.json were recorded by `fi-bench e2e` on an H100 (FLASH_ATTN / TRITON_ATTN, ours not
+# installed there; the partial one has the long-context crash that hf_overrides_for fixed);
+# *_synthetic.json are written by hand so that ratios and targets have known values.
+RECORDED = ["fi_bench_e2e_h100_partial.json", "fi_bench_e2e_h100_long_shared.json"]
+
+
+@pytest.mark.parametrize("fixture", ["fi_bench_e2e_synthetic.json",
+                                     "fi_bench_serve_synthetic.json", *RECORDED])
+def test_results_match_the_schema(fixture):
     report.validate_results(load_fixture(fixture))
+
+
+def test_recorded_h100_run_reads_as_measured():
+    document = load_fixture("fi_bench_e2e_h100_partial.json")
+    flash = next(r for r in document["runs"] if r["backend"] == "FLASH_ATTN")
+    decode = next(w for w in flash["workloads"] if w["workload"] == "decode")
+    # ../shared/ANCHORS.md: FLASH_ATTN decode-heavy 12.2 ms mean ITL, 3990 tok/s.
+    assert decode["itl_ms"]["mean"] == pytest.approx(12.2, rel=0.05)
+    assert decode["output_tokens_per_s"] == pytest.approx(3990, rel=0.05)
+    assert decode["timer"] == "vllm-request-metrics"
+    text = report.markdown(document)
+    assert "| all | ours | skipped: fi_backend is not installed as a vLLM plugin" in text
+    assert "| all | FLASH_ATTN (FA3) | failed: (EngineCore" in text
 
 
 @pytest.mark.parametrize("break_it, message", [
@@ -178,14 +198,14 @@ def test_recorded_results_match_the_schema(fixture):
     (lambda d: d.update(schema="fi-bench-results/0"), "should be"),
 ])
 def test_schema_violations_are_named(break_it, message):
-    document = load_fixture("fi_bench_e2e.json")
+    document = load_fixture("fi_bench_e2e_synthetic.json")
     break_it(document)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(".", r"\.")):
         report.validate_results(document)
 
 
 def test_ratios_to_ours_and_targets_in_the_e2e_table():
-    document = load_fixture("fi_bench_e2e.json")
+    document = load_fixture("fi_bench_e2e_synthetic.json")
     report.add_ratios_to_ours(document)
     flash = next(r for r in document["runs"] if r["backend"] == "FLASH_ATTN")
     decode = flash["workloads"][0]
@@ -193,14 +213,14 @@ def test_ratios_to_ours_and_targets_in_the_e2e_table():
     assert decode["vs_ours"]["output_tokens_per_s"] == pytest.approx(0.8)
     text = report.markdown(document)
     assert "| decode (64×1024→256) | FLASH_ATTN (FA3) | 387.5 | 15.00 |" in text
-    assert "| FLASHINFER | skipped: python module flashinfer is not importable |" in text
+    assert "| all | FLASHINFER | skipped: python module flashinfer is not importable |" in text
     # ours ÷ FLASH_ATTN = 0.80 everywhere, ours ÷ TRITON_ATTN on batch = 0.67.
     assert "| long | ours ÷ FLASH_ATTN | 0.80 | ≤ 0.95 | yes |" in text
     assert "| batch | ours ÷ TRITON_ATTN | 0.67 | ≤ 0.80 | yes |" in text
 
 
 def test_merge_keeps_other_backends_and_replaces_remeasured_ones():
-    runs = load_fixture("fi_bench_e2e.json")["runs"]
+    runs = load_fixture("fi_bench_e2e_synthetic.json")["runs"]
     remeasured = copy.deepcopy(runs[1])
     remeasured["engine_init_s"] = 1.0
     merged = report.merge_runs(runs, [remeasured])
@@ -215,8 +235,9 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("fixture, expected_files", [
-    ("fi_bench_e2e.json", ["e2e_llama3_8b.png"]),
-    ("fi_bench_serve.json", ["serve_llama3_8b_decode.png"]),
+    ("fi_bench_e2e_synthetic.json", ["e2e_llama3_8b.png"]),
+    *[(name, ["e2e_llama3_8b.png"]) for name in RECORDED],
+    ("fi_bench_serve_synthetic.json", ["serve_llama3_8b_decode.png"]),
 ])
 def test_plots_from_recorded_results(fixture, expected_files, tmp_path):
     pytest.importorskip("matplotlib")
@@ -230,17 +251,17 @@ def test_plots_from_recorded_results(fixture, expected_files, tmp_path):
 def test_publish_writes_json_markdown_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
     stdout = io.StringIO()
-    written = report.publish(load_fixture("fi_bench_serve.json"), tmp_path, stdout)
+    written = report.publish(load_fixture("fi_bench_serve_synthetic.json"), tmp_path, stdout)
     assert {p.name for p in written} == {"serve.json", "serve.md", "serve_llama3_8b_decode.png"}
     assert report.load_document(tmp_path / "serve.json")["kind"] == "serve"
     assert stdout.getvalue() == (tmp_path / "serve.md").read_text()
     assert "| decode | inf | FLASH_ATTN (FA3) |" in stdout.getvalue()
-    assert "| TRITON_ATTN | failed: vllm serve did not become healthy" in stdout.getvalue()
+    assert "| all |  | TRITON_ATTN | failed: vllm serve did not become healthy" in stdout.getvalue()
 
 
 def test_report_command_redraws_from_json(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    assert cli.main(["report", str(DATA / "fi_bench_e2e.json"), "--out", str(tmp_path)]) == 0
+    assert cli.main(["report", str(DATA / "fi_bench_e2e_synthetic.json"), "--out", str(tmp_path)]) == 0
     assert "### llama3_8b (end to end, vLLM offline)" in capsys.readouterr().out
     assert (tmp_path / "e2e_llama3_8b.png").exists()
 

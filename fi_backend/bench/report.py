@@ -222,7 +222,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _not_run_rows(runs: list[dict], width: int) -> list[list[str]]:
-    return [[_label(r["backend"]), f"{r['status']}: {r['reason']}"] + [""] * (width - 2)
+    """One row per run that is not ok: what stopped it (rows above hold what it finished)."""
+    return [["all", _label(r["backend"]), f"{r['status']}: {r['reason']}"] + [""] * (width - 3)
             for r in runs if r["status"] != "ok"]
 
 
@@ -303,7 +304,7 @@ def serve_markdown(document: dict) -> str:
                                  _fmt(_ratio(rate["itl_ms"]["p50"], ours_itl.get(
                                      (w["workload"], rate["request_rate"]))))])
         rows.sort(key=lambda row: (row[0], float("inf") if row[1] == "inf" else float(row[1])))
-        rows += _not_run_rows(runs, len(header))
+        rows += [[row[0], "", *row[1:-1]] for row in _not_run_rows(runs, len(header))]
         sections.append(f"### {model} (online serving, vllm bench serve)\n\n" + _table(header, rows))
     return "\n\n".join(sections)
 
@@ -375,7 +376,8 @@ def plot_e2e(document: dict, out_dir: Path) -> list[Path]:
     plt = _pyplot()
     paths = []
     for model in dict.fromkeys(r["model"] for r in document["runs"]):
-        runs = sorted((r for r in document["runs"] if r["model"] == model and r["status"] == "ok"),
+        # A failed run keeps the workloads it finished: they are measurements too.
+        runs = sorted((r for r in document["runs"] if r["model"] == model and r["workloads"]),
                       key=lambda r: _backend_order(r["backend"]))
         if not runs:
             continue
@@ -489,7 +491,8 @@ def _note_not_run(fig, runs: list[dict]) -> None:
     """Backends without bars are named under the figure, so absence never reads as zero."""
     missing = [f"{_label(r['backend'])} {r['status']}" for r in runs if r["status"] != "ok"]
     if missing:
-        fig.text(0.01, 0.005, "not measured: " + ", ".join(missing), fontsize=8, color="dimgray")
+        fig.text(0.01, 0.005, "incomplete or not measured (see table): " + ", ".join(missing),
+                 fontsize=8, color="dimgray")
 
 
 def _nan(value):
