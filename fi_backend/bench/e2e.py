@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .host import OURS, backend_unavailable_reason, host_info
+from .host import backend_unavailable_reason
 from .progress import ProgressBar
 from .workloads import Workload, hf_overrides_for, model_vocab_size
 
@@ -118,7 +118,7 @@ def _worker_main(spec_path: Path, result_path: Path) -> None:
     """Runs in the fresh child process: build the engine, run the workloads, write JSON."""
     spec = json.loads(spec_path.read_text())
     workloads = [Workload(**w) for w in spec["workloads"]]
-    result = {"engine_init_s": None, "workloads": [], "host": host_info()}
+    result = {"engine_init_s": None, "workloads": []}
 
     def save():
         result_path.write_text(json.dumps(result, indent=1))
@@ -274,7 +274,6 @@ def run_backend(model_name: str, model_dir: Path, backend: str, workloads: list[
     worker_result = json.loads(result_path.read_text()) if result_path.exists() else {}
     run["engine_init_s"] = worker_result.get("engine_init_s")
     run["workloads"] = worker_result.get("workloads", [])
-    run["host"] = worker_result.get("host")
     if "cudagraph_mode" in worker_result:
         run["cudagraph_mode"] = worker_result["cudagraph_mode"]
     if timed_out:

@@ -16,13 +16,24 @@ _BACKEND_MODULES = {OURS: "fi_backend.vllm.plugin", "FLASH_ATTN": "vllm.vllm_fla
 
 
 def cuda_device_name() -> str | None:
-    """Name of GPU 0, or None when torch sees no CUDA device (or torch is missing)."""
+    """Name of GPU 0, or None when torch sees no CUDA device (or torch is missing).
+
+    Asks nvidia-smi for the name when it can: torch.cuda.get_device_name would create a CUDA
+    context in this process, which would hold GPU memory for as long as the benchmark runs.
+    """
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
     return torch.cuda.get_device_name(0)
 
 
