@@ -178,6 +178,10 @@ class PlanScheduler {
                std::to_string(qo_indptr[b]) + " -> " + std::to_string(qo_indptr[b + 1]) +
                "); it must be non-decreasing");
       }
+      if (qo_indptr[b + 1] > config_.max_batched_tokens) {
+        refuse("batch of " + std::to_string(qo_indptr[batch_size]) + " query tokens exceeds " +
+               "the planner's max_batched_tokens " + std::to_string(config_.max_batched_tokens));
+      }
       if (r.kv_upper < r.q_len || r.kv_upper > config_.max_model_len) {
         refuse("request " + std::to_string(b) + " has kv_len " + std::to_string(r.kv_upper) +
                " and q_len " + std::to_string(r.q_len) +
@@ -190,10 +194,6 @@ class PlanScheduler {
         const TileGeometry g = tile_geometry(r, t);
         cost_per_kv_head += (g.kv_end - g.kv_begin) * g.cost_per_kv_token + g.item_overhead;
       }
-    }
-    if (qo_indptr[batch_size] > config_.max_batched_tokens) {
-      refuse("batch of " + std::to_string(qo_indptr[batch_size]) + " query tokens exceeds " +
-             "the planner's max_batched_tokens " + std::to_string(config_.max_batched_tokens));
     }
     // Splits happen only at CTA boundaries, so num_ctas - 1 more items at most.
     const std::int64_t worst_items =
