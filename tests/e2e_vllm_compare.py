@@ -30,9 +30,14 @@ Checks:
    of a random network into the logits. The default bounds (max 0.25, mean 0.02 nats) are
    about 3x what FLASH_ATTN vs TRITON_ATTN (two correct kernels) show on these models; a real
    error (a wrong mask, window, scale or page) moves logprobs by whole nats.
-2. greedy continuations: the first 32 generated tokens equal for >= 95 % of the prompts.
-   (A random network has small top-2 logit gaps, so one-ulp differences flip a few argmaxes,
-   after which continuations diverge; the rest must agree exactly.)
+2. greedy continuations of the 64 prompts, first 32 tokens, for >= 95 % of the prompts:
+   equal, or equal up to a near tie: they first differ where both backends rank both tokens
+   top-2 within `--tie-tol` nats (default 0.125 = 4 bf16 ulps of a top logit in [4, 8));
+   later tokens are not compared, their contexts differ. Exact equality is reported too
+   and can be required (`--exact-greedy`), but with random weights it measures bf16 rounding,
+   not attention: a random network's logits over a 128k vocabulary have top-2 gaps of a few
+   ulps, and two correct backends (FLASH_ATTN vs TRITON_ATTN, Llama-3-8B shape, H100) gave
+   equal 32-token continuations for only 14 of 64 prompts.
 
 Configs: llama3_8b (Llama-3-8B shape), mistral_7b_swa (Mistral-7B shape, sliding window
 overridden to 256 so 1024-token prompts exceed it), gemma2_9b_softcap (Gemma-2-9B shape:
@@ -241,8 +246,10 @@ def main() -> int:
     parser.add_argument("--max-logprob-diff", type=float, default=0.25)
     parser.add_argument("--mean-logprob-diff", type=float, default=0.02)
     parser.add_argument("--min-greedy-agreement", type=float, default=0.95)
-    parser.add_argument("--tie-tol", type=float, default=0.05,
-                        help="largest logprob gap (nats) of a near tie, see greedy_verdict")
+    parser.add_argument("--tie-tol", type=float, default=0.125,
+                        help="largest logprob gap (nats) of a near tie, see greedy_verdict; "
+                             "default 4 bf16 ulps of a top logit in [4, 8)")
+    parser.add_argument("--save-dir", help="keep each run's JSON results here")
     parser.add_argument("--exact-greedy", action="store_true",
                         help="require exactly equal continuations (not up to near ties)")
     parser.add_argument("--compile", action="store_true",
@@ -264,6 +271,10 @@ def main() -> int:
     candidates = [c for c in args.candidates.split(",") if c]
     all_passed = True
     with tempfile.TemporaryDirectory() as scratch:
+        if args.save_dir:
+            Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+            scratch = args.save_dir
+
         def run(case: str, backend: str) -> dict:
             return run_in_subprocess(Job(
                 case=case, backend=backend, num_prompts=args.num_prompts,
