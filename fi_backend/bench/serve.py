@@ -24,7 +24,6 @@ from .progress import ProgressBar
 from .workloads import Workload, hf_overrides_for, model_vocab_size
 
 _SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
-_TOKENIZER_VOCAB_LIMIT = 32000  # a prompt's token ids stay below this, whatever the model's vocab
 
 
 def write_word_level_tokenizer(folder: Path, vocab_size: int) -> None:
@@ -44,11 +43,15 @@ def write_word_level_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def prepare_served_model(model_name: str, model_dir: Path, work_dir: Path) -> Path:
-    """A folder vLLM can serve with dummy weights: the model's config + the word tokenizer."""
+    """A folder vLLM can serve with dummy weights: the model's config + the word tokenizer.
+
+    The tokenizer covers the model's whole vocabulary: a dummy-weight model emits arbitrary
+    token ids, and the server answers 400 to a request whose output it cannot detokenize.
+    """
     folder = work_dir / "serve-models" / model_name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_dir / "config.json", folder / "config.json")
-    write_word_level_tokenizer(folder, min(model_vocab_size(model_dir), _TOKENIZER_VOCAB_LIMIT))
+    write_word_level_tokenizer(folder, model_vocab_size(model_dir))
     return folder
 
 
