@@ -202,7 +202,13 @@ def run_backend(model_name: str, model_dir: Path, backend: str, workloads: list[
                         run["status"] = "failed"
                         run["reason"] = f"vllm bench serve wrote no result: {_log_failure(bench_log_path)}"
                         continue
-                    entry["rates"].append(parse_bench_result(json.loads(result_path.read_text()), rate))
+                    measured = parse_bench_result(json.loads(result_path.read_text()), rate)
+                    entry["rates"].append(measured)
+                    if measured["failed"]:  # the numbers then cover only the requests that ran
+                        run["status"] = "failed"
+                        run["reason"] = (f"{measured['failed']} requests failed at "
+                                         f"{rate_label} req/s ({workload.name}); "
+                                         f"server log: {server_log_path}")
         except subprocess.TimeoutExpired as timeout:
             run["status"], run["reason"] = "failed", f"timed out: {timeout}"
         finally:
