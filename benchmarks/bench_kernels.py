@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip KV 32768 decode cells at "
                         "batch >= 64 and the (1, 16384) prefill")
     parser.add_argument("--no-compare", action="store_true", help="time only fi_backend")
+    parser.add_argument("--cases", default="", help="comma-separated substrings: run only the "
+                        "cases whose 'kind case' contains one (e.g. 'prefill 1 x 4096')")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -220,8 +222,6 @@ def main() -> None:
     decode_cells = [(b, kv) for b in DECODE_BATCHES for kv in DECODE_KV_LENS
                     if not (args.quick and b >= 64 and kv == 32768)]
     prefill_cells = [c for c in PREFILL_CELLS if not (args.quick and c == (1, 16384))]
-    max_tokens = max([b * kv for b, kv in decode_cells] + [b * n for b, n in prefill_cells])
-    pool = PagePool(max_tokens // PAGE_SIZE + 64)
     num_ctas = props.multi_processor_count * ctas_per_sm(DTYPE, HEAD_DIM)
     planner = Planner(max_requests=256, max_batched_tokens=16384, max_model_len=32768,
                       num_qo_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
@@ -235,6 +235,11 @@ def main() -> None:
     cases.append(("decode", "skewed 1 x 32768 + 63 x 512", [1] * 64, [32768] + [512] * 63))
     cases += [("prefill", f"{b} x {n}", [n] * b, [n] * b) for b, n in prefill_cells]
 
+    if args.cases:
+        wanted = args.cases.split(",")
+        cases = [c for c in cases if any(w in f"{c[0]} {c[1]}" for w in wanted)]
+    max_pages = max(sum(-(-kv // PAGE_SIZE) for kv in kv_lens) for *_, kv_lens in cases)
+    pool = PagePool(max_pages + 64)
     results = []
     for seed, (kind, name, q_lens, kv_lens) in enumerate(cases):
         batch = pool.batch(q_lens, kv_lens, seed)

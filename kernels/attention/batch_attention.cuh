@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "attention/mma.cuh"
 #include "attention/paged_kv.cuh"
@@ -56,25 +57,32 @@ struct AttentionSmem {
   __device__ __forceinline__ float* scratch() const { return reinterpret_cast<float*>(k); }
 };
 
-// Tile shape: NUM_WARPS_Q x 16 query rows; each KV tile of TILE_KV keys is split over
-// NUM_WARPS_KV warps.
-template <int HEAD_DIM, int NUM_WARPS_Q, int NUM_WARPS_KV, int TILE_KV>
+// Tile shape: NUM_WARPS_Q warps of ROW_BLOCKS x 16 query rows each; each KV tile of TILE_KV
+// keys is split over NUM_WARPS_KV warps (warp w: row group w / NUM_WARPS_KV, key slice
+// w % NUM_WARPS_KV). A warp with 2 row blocks feeds every K/V fragment it loads from shared
+// memory to 2 MMAs, halving the ldmatrix traffic per MMA.
+template <int HEAD_DIM, int NUM_WARPS_Q, int NUM_WARPS_KV, int TILE_KV, int ROW_BLOCKS>
 struct TileShape {
   static_assert(NUM_WARPS_Q * NUM_WARPS_KV == kAttentionWarps, "all warps take part");
   static constexpr int kHeadDim = HEAD_DIM;
   static constexpr int kWarpsQ = NUM_WARPS_Q;
   static constexpr int kWarpsKv = NUM_WARPS_KV;
-  static constexpr int kTileRows = NUM_WARPS_Q * 16;
+  static constexpr int kRowBlocks = ROW_BLOCKS;
+  static constexpr int kWarpRows = 16 * ROW_BLOCKS;
+  static constexpr int kTileRows = NUM_WARPS_Q * kWarpRows;
   static constexpr int kTileKv = TILE_KV;
   static constexpr int kWarpKv = TILE_KV / NUM_WARPS_KV;  // keys per warp per tile
   static_assert(kWarpKv % 16 == 0, "P V consumes keys 16 at a time");
   static_assert(TILE_KV <= kStageTokens, "a tile fits a stage buffer");
+  static_assert(kTileRows <= kMaxTileRows, "a tile fits the Q buffer");
 };
 
+// head_dim 256 keeps one row block per warp: two would need 256 accumulator registers.
 template <int HEAD_DIM>
-using PrefillShape = TileShape<HEAD_DIM, 4, 1, (HEAD_DIM > 128 ? 32 : 64)>;
+using PrefillShape = std::conditional_t<(HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1>,
+                                        TileShape<HEAD_DIM, 2, 2, 64, 2>>;
 template <int HEAD_DIM>
-using DecodeShape = TileShape<HEAD_DIM, 1, 4, 64>;
+using DecodeShape = TileShape<HEAD_DIM, 1, 4, 64, 1>;
 
 // Where a work item reads and writes, with every length clamped by the exact device lengths.
 struct WorkItem {
@@ -172,10 +180,12 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
   using Tile = SwizzledTile<D>;
   using Loader = PagedKvLoader<T, D, kAttentionThreads>;
 
+  constexpr int kRowBlocks = Shape::kRowBlocks;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int warp_q = Shape::kWarpsQ > 1 ? warp : 0;
-  const int warp_kv = Shape::kWarpsKv > 1 ? warp : 0;
+  const int warp_q = warp / Shape::kWarpsKv;
+  const int warp_kv = warp % Shape::kWarpsKv;
+  const int warp_row0 = warp_q * Shape::kWarpRows;
 
   // Q tile: kTileRows rows, those past item.rows zero-filled.
   {
@@ -225,27 +235,41 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
   }
   if (kStages - 1 < num_tiles) loader.fetch_pages(item.kv_lo + (kStages - 1) * kTileKv, ahead);
 
-  // Per-thread rows of the warp's 16-row slab: g and g + 8 (h = 0, 1).
+  // Per-thread rows: in row block mb of the warp, rows g and g + 8 (h = 0, 1).
   const int g = lane / 4;
   const int quad_lane = lane % 4;
-  int q_pos[2];
-  float slope[2];
+  int q_pos[kRowBlocks][2];
+  int first_key[kRowBlocks][2];  // the keys each row sees: [first_key, last_key]
+  int last_key[kRowBlocks][2];
+  float slope[kRowBlocks][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = warp_q * 16 + g + 8 * h;
-    const bool valid = row < item.rows;
-    q_pos[h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
-    slope[h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
+  for (int mb = 0; mb < kRowBlocks; ++mb) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp_row0 + mb * 16 + g + 8 * h;
+      const bool valid = row < item.rows;
+      q_pos[mb][h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
+      variant.visible_keys(q_pos[mb][h], item.kv_hi, first_key[mb][h], last_key[mb][h]);
+      slope[mb][h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
+    }
   }
 
-  float o[kBlocksO][4];
+  float o[kRowBlocks][kBlocksO][4];
+  float m[kRowBlocks][2];
+  float d[kRowBlocks][2];  // per-thread partial row sums, reduced over the quad at the end
 #pragma unroll
-  for (int nb = 0; nb < kBlocksO; ++nb) {
+  for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) o[nb][e] = 0.f;
+    for (int nb = 0; nb < kBlocksO; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mb][nb][e] = 0.f;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      m[mb][h] = kNegInf;
+      d[mb][h] = 0.f;
+    }
   }
-  float m[2] = {kNegInf, kNegInf};
-  float d[2] = {0.f, 0.f};  // per-thread partial row sums, reduced over the quad at the end
 
   for (int t = 0; t < num_tiles; ++t) {
     const int stage = t % kStages;
@@ -260,77 +284,114 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     }
     mma::cp_async_commit();
 
-    // S = Q K^T for the warp's 16 rows x kWarpKv keys.
+    // S = Q K^T for the warp's rows x kWarpKv keys.
     const T* k_tile = smem.k_stage(stage);
     const int key0 = warp_kv * kWarpKv;  // first key of this warp within the tile
-    float s[kBlocksS][4];
+    float s[kRowBlocks][kBlocksS][4];
 #pragma unroll
-    for (int nb = 0; nb < kBlocksS; ++nb) {
+    for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] = 0.f;
+      for (int nb = 0; nb < kBlocksS; ++nb) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mb][nb][e] = 0.f;
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      std::uint32_t a[4];
-      mma::ldmatrix_x4(a, mma::smem_addr(smem.q + Tile::offset(warp_q * 16 + lane % 16,
-                                                               2 * kk + lane / 16)));
+      std::uint32_t a[kRowBlocks][4];
+#pragma unroll
+      for (int mb = 0; mb < kRowBlocks; ++mb) {
+        mma::ldmatrix_x4(a[mb], mma::smem_addr(smem.q + Tile::offset(
+                                                  warp_row0 + mb * 16 + lane % 16,
+                                                  2 * kk + lane / 16)));
+      }
 #pragma unroll
       for (int i = 0; i < kBlocksS / 2; ++i) {
         std::uint32_t b[4];
         const int key = key0 + 16 * i + (lane / 16) * 8 + lane % 8;
         mma::ldmatrix_x4(b, mma::smem_addr(k_tile + Tile::offset(key, 2 * kk + (lane / 8) % 2)));
-        mma::mma_16816<T>(s[2 * i], a, b[0], b[1]);
-        mma::mma_16816<T>(s[2 * i + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mb = 0; mb < kRowBlocks; ++mb) {
+          mma::mma_16816<T>(s[mb][2 * i], a[mb], b[0], b[1]);
+          mma::mma_16816<T>(s[mb][2 * i + 1], a[mb], b[2], b[3]);
+        }
       }
     }
 
-    // Logits (base 2) and mask.
+    // Logits (base 2) and mask. The run-time variant branches are taken once per tile, not
+    // per element, so that each path is straight-line code the compiler can schedule.
     const int warp_key_lo = tile_lo + key0;
+    if (variant.transforms_logits()) {
+#pragma unroll
+      for (int mb = 0; mb < kRowBlocks; ++mb) {
+#pragma unroll
+        for (int nb = 0; nb < kBlocksS; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
+            s[mb][nb][e] = variant.logit_log2(s[mb][nb][e], slope[mb][e / 2],
+                                              kv_pos - q_pos[mb][e / 2]);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int mb = 0; mb < kRowBlocks; ++mb) {
+#pragma unroll
+        for (int nb = 0; nb < kBlocksS; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mb][nb][e] = variant.scaled_logit_log2(s[mb][nb][e]);
+        }
+      }
+    }
     const bool whole_tile = warp_key_lo + kWarpKv <= item.kv_hi &&
                             variant.sees_whole_tile(item.q_pos_first, item.q_pos_last,
                                                     warp_key_lo, warp_key_lo + kWarpKv);
-    const bool transform = variant.transforms_logits();
+    if (!whole_tile) {
 #pragma unroll
-    for (int nb = 0; nb < kBlocksS; ++nb) {
+      for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e / 2;
-        const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
-        float x = transform ? variant.logit_log2(s[nb][e], slope[h], kv_pos - q_pos[h])
-                            : variant.scaled_logit_log2(s[nb][e]);
-        if (!whole_tile && !(kv_pos < item.kv_hi && variant.visible(q_pos[h], kv_pos))) {
-          x = kNegInf;
+        for (int nb = 0; nb < kBlocksS; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
+            const int h = e / 2;
+            s[mb][nb][e] = (kv_pos < first_key[mb][h] || kv_pos > last_key[mb][h])
+                               ? kNegInf : s[mb][nb][e];
+          }
         }
-        s[nb][e] = x;
       }
     }
 
     // Online softmax: new row max, rescale the running state, P = 2^(S - max).
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float row_max = m[h];
+    for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-      for (int nb = 0; nb < kBlocksS; ++nb) {
-        row_max = fmaxf(row_max, fmaxf(s[nb][2 * h], s[nb][2 * h + 1]));
-      }
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-      // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
-      const float base = row_max == kNegInf ? 0.f : row_max;
-      const float rescale = exp2f(m[h] - base);
-      d[h] *= rescale;
+      for (int h = 0; h < 2; ++h) {
+        float row_max = m[mb][h];
 #pragma unroll
-      for (int nb = 0; nb < kBlocksO; ++nb) {
-        o[nb][2 * h] *= rescale;
-        o[nb][2 * h + 1] *= rescale;
-      }
+        for (int nb = 0; nb < kBlocksS; ++nb) {
+          row_max = fmaxf(row_max, fmaxf(s[mb][nb][2 * h], s[mb][nb][2 * h + 1]));
+        }
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+        // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
+        const float base = row_max == kNegInf ? 0.f : row_max;
+        const float rescale = exp2f(m[mb][h] - base);
+        d[mb][h] *= rescale;
 #pragma unroll
-      for (int nb = 0; nb < kBlocksS; ++nb) {
-        s[nb][2 * h] = exp2f(s[nb][2 * h] - base);
-        s[nb][2 * h + 1] = exp2f(s[nb][2 * h + 1] - base);
-        d[h] += s[nb][2 * h] + s[nb][2 * h + 1];
+        for (int nb = 0; nb < kBlocksO; ++nb) {
+          o[mb][nb][2 * h] *= rescale;
+          o[mb][nb][2 * h + 1] *= rescale;
+        }
+#pragma unroll
+        for (int nb = 0; nb < kBlocksS; ++nb) {
+          s[mb][nb][2 * h] = exp2f(s[mb][nb][2 * h] - base);
+          s[mb][nb][2 * h + 1] = exp2f(s[mb][nb][2 * h + 1] - base);
+          d[mb][h] += s[mb][nb][2 * h] + s[mb][nb][2 * h + 1];
+        }
+        m[mb][h] = row_max;
       }
-      m[h] = row_max;
     }
 
     mma::cp_async_wait<kGroupsAhead>();  // V_t landed
@@ -346,63 +407,81 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     const T* v_tile = smem.v_stage(stage);
 #pragma unroll
     for (int kk = 0; kk < kWarpKv / 16; ++kk) {
-      const std::uint32_t a[4] = {
-          mma::pack2<T>(s[2 * kk][0], s[2 * kk][1]), mma::pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-          mma::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-          mma::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      std::uint32_t a[kRowBlocks][4];
+#pragma unroll
+      for (int mb = 0; mb < kRowBlocks; ++mb) {
+        a[mb][0] = mma::pack2<T>(s[mb][2 * kk][0], s[mb][2 * kk][1]);
+        a[mb][1] = mma::pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
+        a[mb][2] = mma::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
+        a[mb][3] = mma::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
+      }
       const int key = key0 + 16 * kk + lane % 16;
 #pragma unroll
       for (int jj = 0; jj < D / 16; ++jj) {
         std::uint32_t b[4];
         mma::ldmatrix_x4_trans(b, mma::smem_addr(v_tile + Tile::offset(key, 2 * jj + lane / 16)));
-        mma::mma_16816<T>(o[2 * jj], a, b[0], b[1]);
-        mma::mma_16816<T>(o[2 * jj + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mb = 0; mb < kRowBlocks; ++mb) {
+          mma::mma_16816<T>(o[mb][2 * jj], a[mb], b[0], b[1]);
+          mma::mma_16816<T>(o[mb][2 * jj + 1], a[mb], b[2], b[3]);
+        }
       }
     }
   }
   mma::cp_async_wait<0>();
 
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    d[h] += __shfl_xor_sync(0xffffffffu, d[h], 1);
-    d[h] += __shfl_xor_sync(0xffffffffu, d[h], 2);
+  for (int mb = 0; mb < kRowBlocks; ++mb) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      d[mb][h] += __shfl_xor_sync(0xffffffffu, d[mb][h], 1);
+      d[mb][h] += __shfl_xor_sync(0xffffffffu, d[mb][h], 2);
+    }
   }
 
   if constexpr (Shape::kWarpsKv == 1) {
     // Each warp owns its rows outright: normalize and store from the fragments.
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = warp_q * 16 + g + 8 * h;
-      if (row >= item.rows) continue;
-      const float inv_d = d[h] > 0.f ? 1.f / d[h] : 0.f;
-      const float lse_log2 = d[h] > 0.f ? m[h] + log2f(d[h]) : kNegInf;
+    for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-      for (int nb = 0; nb < kBlocksO; ++nb) {
-        float pair[2] = {o[nb][2 * h] * inv_d, o[nb][2 * h + 1] * inv_d};
-        store_row_result<T, D, 2>(p, item, row, nb * 8 + 2 * quad_lane, pair, lse_log2,
-                                  nb == 0 && quad_lane == 0);
+      for (int h = 0; h < 2; ++h) {
+        const int row = warp_row0 + mb * 16 + g + 8 * h;
+        if (row >= item.rows) continue;
+        const float inv_d = d[mb][h] > 0.f ? 1.f / d[mb][h] : 0.f;
+        const float lse_log2 = d[mb][h] > 0.f ? m[mb][h] + log2f(d[mb][h]) : kNegInf;
+#pragma unroll
+        for (int nb = 0; nb < kBlocksO; ++nb) {
+          float pair[2] = {o[mb][nb][2 * h] * inv_d, o[mb][nb][2 * h + 1] * inv_d};
+          store_row_result<T, D, 2>(p, item, row, nb * 8 + 2 * quad_lane, pair, lse_log2,
+                                    nb == 0 && quad_lane == 0);
+        }
       }
     }
   } else {
-    // The warps saw disjoint keys of the same 16 rows: merge their states through shared
-    // memory (the K/V buffers, free once every warp is past the loop).
-    constexpr int kRows = 16;
-    float* scratch = smem.scratch();
-    float* o_acc = scratch;                                  // [warps][16][D]
-    float* row_m = o_acc + Shape::kWarpsKv * kRows * D;      // [warps][16]
-    float* row_d = row_m + Shape::kWarpsKv * kRows;          // [warps][16]
+    // Warps of one row group saw disjoint keys of the same rows: merge their states through
+    // shared memory (the K/V buffers, free once every warp is past the loop).
+    constexpr int kRows = Shape::kTileRows;
+    static_assert((Shape::kWarpsKv * kRows * (D + 2)) * sizeof(float) <=
+                      2 * kStages * kStageTokens * D * sizeof(T),
+                  "the per-warp states fit the K/V buffers");
+    float* o_acc = smem.scratch();                       // [warps_kv][kRows][D]
+    float* row_m = o_acc + Shape::kWarpsKv * kRows * D;  // [warps_kv][kRows]
+    float* row_d = row_m + Shape::kWarpsKv * kRows;      // [warps_kv][kRows]
     __syncthreads();
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = g + 8 * h;
+    for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-      for (int nb = 0; nb < kBlocksO; ++nb) {
-        *reinterpret_cast<float2*>(o_acc + (warp_kv * kRows + row) * D + nb * 8 + 2 * quad_lane) =
-            make_float2(o[nb][2 * h], o[nb][2 * h + 1]);
-      }
-      if (quad_lane == 0) {
-        row_m[warp_kv * kRows + row] = m[h];
-        row_d[warp_kv * kRows + row] = d[h];
+      for (int h = 0; h < 2; ++h) {
+        const int row = warp_row0 + mb * 16 + g + 8 * h;
+        float* dst = o_acc + (warp_kv * kRows + row) * D + 2 * quad_lane;
+#pragma unroll
+        for (int nb = 0; nb < kBlocksO; ++nb) {
+          *reinterpret_cast<float2*>(dst + nb * 8) = make_float2(o[mb][nb][2 * h], o[mb][nb][2 * h + 1]);
+        }
+        if (quad_lane == 0) {
+          row_m[warp_kv * kRows + row] = m[mb][h];
+          row_d[warp_kv * kRows + row] = d[mb][h];
+        }
       }
     }
     __syncthreads();

@@ -42,6 +42,15 @@ struct AttentionVariant {
            (params.window_left < 0 || kv_pos >= q_pos - params.window_left);
   }
 
+  // The keys [first, last] (inclusive) of a chunk ending before kv_hi that a query at q_pos
+  // sees; an empty range comes back as first > last. Computed once per row, so that the
+  // per-element mask is two compares.
+  __device__ __forceinline__ void visible_keys(int q_pos, int kv_hi, int& first,
+                                               int& last) const {
+    first = params.window_left >= 0 ? q_pos - params.window_left : -0x7fffffff - 1;
+    last = params.causal ? min(kv_hi - 1, q_pos) : kv_hi - 1;
+  }
+
   // The KV range [kv_lo, kv_hi) that queries at q_pos_first .. q_pos_last can see at all,
   // intersected with the chunk [kv_lo, kv_hi) given; may come back empty (kv_hi <= kv_lo).
   __device__ __forceinline__ void clamp_kv_range(int q_pos_first, int q_pos_last, int& kv_lo,
