@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fi_backend import _C
+from fi_backend.attention import BatchAttention  # noqa: F401  (public API: re-exported)
 from fi_backend._checks import (
     check_cuda,
     check_dtype,
