@@ -18,6 +18,9 @@ On an H100 host without internet (vLLM, FA3 and FlashInfer from shared/gpu/):
   fi-bench e2e --backends FLASH_ATTN --out bench-out # one backend per command also works:
                                                      # runs merge into bench-out/e2e.json
   fi-bench e2e --serve --out bench-out               # online: vllm serve + vllm bench serve
+      (the bundles lack vllm serve's web stack: add wheels of uvicorn,
+       prometheus-fastapi-instrumentator, model-hosting-container-standards, jmespath,
+       supervisor, sse-starlette, httpcore2, truststore)
   fi-bench kernels --out bench-out                   # kernel grid (benchmarks/bench_kernels.py)
 Each writes <out>/<kind>.json (schema: fi_backend/bench/report.py), <kind>.md and PNG plots,
 and prints the markdown tables. Without a CUDA GPU it says so and exits with status 2."""
