@@ -101,3 +101,66 @@ def merge_states(
             stream=torch.cuda.current_stream(v.device).cuda_stream,
         )
     return o, lse
+
+
+APPEND_KV_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def append_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Writes this step's K/V rows into the paged cache, in place (CUDA-graph capturable).
+
+    key, value: `(num_tokens, num_kv_heads, head_dim)` float16/bfloat16; rows past
+       len(slot_mapping) (CUDA-graph padding) are ignored.
+    k_cache, v_cache: `(num_pages, page_size, num_kv_heads, head_dim)` strided views of the
+       paged cache (e.g. fi_backend.metadata.block_sparse.split_kv_cache), same dtype as key.
+    slot_mapping: int64 `[num_slots]`, slot = page * page_size + offset; -1 marks a padded
+       token and is skipped, as is any slot outside the cache (never written out of bounds).
+    Every tensor: last dimension contiguous, pointers and strides multiples of 16 bytes.
+    """
+    for name, tensor in (("key", key), ("value", value), ("k_cache", k_cache),
+                         ("v_cache", v_cache), ("slot_mapping", slot_mapping)):
+        check_is_tensor(name, tensor)
+    check_shape("key", key, (None, None, None), ("num_tokens", "num_kv_heads", "head_dim"))
+    num_tokens, num_kv_heads, head_dim = key.shape
+    check_dtype("key", key, APPEND_KV_DTYPES)
+    check_shape("value", value, key.shape, ("num_tokens", "num_kv_heads", "head_dim"))
+    check_shape("k_cache", k_cache, (None, None, num_kv_heads, head_dim),
+                ("num_pages", "page_size", "num_kv_heads", "head_dim"))
+    num_pages, page_size = k_cache.shape[:2]
+    check_shape("v_cache", v_cache, k_cache.shape,
+                ("num_pages", "page_size", "num_kv_heads", "head_dim"))
+    for name, tensor in (("value", value), ("k_cache", k_cache), ("v_cache", v_cache)):
+        check_dtype(name, tensor, (key.dtype,))
+    for name, tensor in (("key", key), ("value", value), ("k_cache", k_cache),
+                         ("v_cache", v_cache)):
+        check_last_dim_contiguous(name, tensor)
+        check_vector_aligned(name, tensor)
+    check_dtype("slot_mapping", slot_mapping, (torch.int64,))
+    if slot_mapping.dim() != 1 or slot_mapping.shape[0] > num_tokens:
+        raise ValueError(f"slot_mapping has shape {tuple(slot_mapping.shape)}; expected "
+                         f"(num_slots,) with num_slots <= num_tokens = {num_tokens}")
+    if slot_mapping.shape[0] > 1 and slot_mapping.stride(0) != 1:
+        raise ValueError(f"slot_mapping has stride {slot_mapping.stride(0)}; only contiguous "
+                         "(stride 1) is supported")
+    check_cuda("key", key)
+    for name, tensor in (("value", value), ("k_cache", k_cache), ("v_cache", v_cache),
+                         ("slot_mapping", slot_mapping)):
+        check_cuda(name, tensor, key.device)
+
+    with torch.cuda.device(key.device):
+        _C.append_kv(
+            dtype=_DTYPE_NAMES[key.dtype],
+            key=key.data_ptr(), key_strides=_element_strides(key)[:2],
+            value=value.data_ptr(), value_strides=_element_strides(value)[:2],
+            k_cache=k_cache.data_ptr(), k_cache_strides=_element_strides(k_cache)[:3],
+            v_cache=v_cache.data_ptr(), v_cache_strides=_element_strides(v_cache)[:3],
+            slot_mapping=slot_mapping.data_ptr(), num_tokens=slot_mapping.shape[0],
+            num_kv_heads=num_kv_heads, head_dim=head_dim, num_pages=num_pages,
+            page_size=page_size, stream=torch.cuda.current_stream(key.device).cuda_stream,
+        )

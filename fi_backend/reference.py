@@ -236,3 +236,16 @@ def cascade_attention(q: torch.Tensor, qo_indptr: torch.Tensor, prefix: BlockSpa
             o_b, lse_b = apply_sinks(o_b, lse_b, variant.sinks)
         o[q_begin:q_end], lse[q_begin:q_end] = o_b, lse_b
     return o, lse
+
+
+def append_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+              v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Oracle of ops.append_kv, in place: token t's K/V row goes to slot slot_mapping[t]
+    (page = slot // page_size, offset = slot % page_size); -1 and slots outside the cache are
+    skipped; rows of key/value past len(slot_mapping) are ignored."""
+    num_pages, page_size = k_cache.shape[:2]
+    slots = slot_mapping.to(torch.int64)
+    tokens = torch.nonzero((slots >= 0) & (slots < num_pages * page_size)).flatten()
+    page, offset = slots[tokens] // page_size, slots[tokens] % page_size
+    k_cache[page, offset] = key[tokens].to(k_cache.dtype)
+    v_cache[page, offset] = value[tokens].to(v_cache.dtype)

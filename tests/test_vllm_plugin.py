@@ -308,22 +308,23 @@ def vllm_kv_cache(num_blocks: int, block_size: int, dtype=torch.bfloat16) -> tor
     return physical.permute([order.index(i) for i in range(len(order))])
 
 
+@pytest.mark.gpu
 def test_kv_cache_update_writes_real_slots_and_skips_padding():
-    kv_cache = vllm_kv_cache(num_blocks=6, block_size=16)
+    kv_cache = vllm_kv_cache(num_blocks=6, block_size=16).cuda()
     before = kv_cache.clone()
     slot_mapping = torch.tensor([17, 18, 95, -1, 40, -1], dtype=torch.int64)
     key = torch.randn(8, NUM_KV_HEADS, HEAD_DIM).to(torch.bfloat16)  # 2 padded rows past slots
     value = torch.randn(8, NUM_KV_HEADS, HEAD_DIM).to(torch.bfloat16)
-    FIAttentionImpl(32, 128, 1.0, 8).do_kv_cache_update(None, key, value, kv_cache,
-                                                        slot_mapping)
+    FIAttentionImpl(32, 128, 1.0, 8).do_kv_cache_update(None, key.cuda(), value.cuda(),
+                                                        kv_cache, slot_mapping.cuda())
 
-    expected = before.clone()
+    expected = before.cpu()
     for token, slot in enumerate(slot_mapping.tolist()):
         if slot >= 0:
             block, offset = divmod(slot, 16)
             expected[block, :, offset, :HEAD_DIM] = key[token]
             expected[block, :, offset, HEAD_DIM:] = value[token]
-    assert torch.equal(kv_cache, expected)
+    assert torch.equal(kv_cache.cpu(), expected)
 
 
 # --------------------------------------------------------------------------------------

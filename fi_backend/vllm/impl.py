@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionType
 
+from fi_backend import ops
 from fi_backend.metadata.block_sparse import split_kv_cache
 from fi_backend.variants import AttentionVariant
 from fi_backend.vllm.backend import SUPPORTED_KV_CACHE_DTYPES, unsupported_reasons
@@ -25,31 +26,6 @@ from fi_backend.vllm.builder import NO_WINDOW, FIMetadata
 
 VLLM_KV_CACHE_LAYOUT = "vllm_packed"
 """`(num_blocks, num_kv_heads, block_size, 2 * head_dim)`, see FIBackend.get_kv_cache_shape."""
-
-
-def write_new_kv_to_paged_cache(key: torch.Tensor, value: torch.Tensor,
-                                k_cache: torch.Tensor, v_cache: torch.Tensor,
-                                slot_mapping: torch.Tensor) -> None:
-    """Scatter this step's K/V rows into the paged cache, skipping padded tokens (slot -1).
-
-    key, value:       `(num_tokens, num_kv_heads, head_dim)`, num_tokens >= len(slot_mapping).
-    k_cache, v_cache: `(num_pages, page_size, num_kv_heads, head_dim)` strided views.
-    slot_mapping:     int64 [num_slots], slot = page * page_size + offset, -1 = skip.
-
-    Device ops only (no host sync, CUDA-graph capturable). Skipping without compacting the
-    indices on the host: a padded token is redirected to slot 0 and writes back the value
-    slot 0 already holds. Slot 0 lies in vLLM's null block (block 0), which is never given
-    to a request, so no real write ever targets it and the rewrite is a no-op.
-    """
-    num_slots = slot_mapping.shape[0]
-    slots = slot_mapping.to(torch.int64)
-    is_real = (slots >= 0)[:, None, None]
-    slots = slots.clamp(min=0)
-    page_size = k_cache.shape[1]
-    page, offset = slots // page_size, slots % page_size
-    for cache, new in ((k_cache, key[:num_slots]), (v_cache, value[:num_slots])):
-        kept = cache[page, offset]
-        cache.index_put_((page, offset), torch.where(is_real, new.to(cache.dtype), kept))
 
 
 class FIAttentionImpl(AttentionImpl[FIMetadata]):
@@ -134,7 +110,7 @@ class FIAttentionImpl(AttentionImpl[FIMetadata]):
         if self.kv_sharing_target_layer_name is not None or kv_cache.numel() == 0:
             return
         k_cache, v_cache = split_kv_cache(kv_cache, VLLM_KV_CACHE_LAYOUT)
-        write_new_kv_to_paged_cache(key, value, k_cache, v_cache, slot_mapping)
+        ops.append_kv(key, value, k_cache, v_cache, slot_mapping)
 
     def forward(self, layer: AttentionLayer, query: torch.Tensor, key: torch.Tensor,
                 value: torch.Tensor, kv_cache: torch.Tensor,
