@@ -16,7 +16,7 @@ from fi_backend.metadata.block_sparse import BlockSparseKV
 from fi_backend.metadata.executor import execute_plan_reference
 from fi_backend.metadata.plan_layout import (DECODE_TILE_ROWS, MAX_TILE_ROWS, PlanCapacity,
                                              PlanLayout, tile_tokens)
-from fi_backend.metadata.planner import Planner, cta_costs
+from fi_backend.metadata.planner import Planner, SplitPolicy, cta_costs
 from fi_backend.variants import AttentionVariant
 
 HEAD_DIM = 16
@@ -51,8 +51,17 @@ def make_paged_kv(kv_lens, num_kv_heads, page_size, generator) -> BlockSparseKV:
 
 
 def balance(plan, planner) -> float:
+    """The busiest CTA's cost over the least the split policy allows it: the mean CTA cost, or,
+    when that is below what one item over a minimum chunk costs, the largest piece the policy
+    keeps whole (a tile shorter than two minimum chunks, else one minimum chunk plus less
+    than one more)."""
     costs = cta_costs(plan, planner.cost_model)
-    return float(costs.max() / costs.mean())
+    policy = planner.split_policy
+    rows = plan.section("work_q_len") * plan.group_size
+    longest_tile = int((plan.section("work_kv_end") - plan.section("work_kv_start")).max())
+    whole_piece = min(longest_tile, 2 * policy.min_chunk_tokens - 1)
+    floor = float(planner.cost_model.item_cost(rows.max(), whole_piece))
+    return float(costs.max() / max(costs.mean(), floor))
 
 
 # --- executor == oracle ------------------------------------------------------------------
@@ -82,9 +91,10 @@ def batches(draw):
 @given(batch=batches(), group=st.sampled_from([1, 4, 8]), num_kv_heads=st.sampled_from([1, 2]),
        page_size=st.sampled_from([1, 16, 64]), causal=st.booleans(),
        window_left=st.sampled_from([-1, 0, 7, 100]), slack=st.sampled_from([0, 3, 40]),
-       num_ctas=st.integers(1, 24), sinks=st.booleans(), seed=st.integers(0, 2**16))
+       num_ctas=st.integers(1, 24), min_chunk=st.sampled_from([1, 16, 512]),
+       sinks=st.booleans(), seed=st.integers(0, 2**16))
 def test_executed_plan_equals_oracle(batch, group, num_kv_heads, page_size, causal,
-                                     window_left, slack, num_ctas, sinks, seed):
+                                     window_left, slack, num_ctas, min_chunk, sinks, seed):
     q_lens, kv_lens = batch
     num_qo_heads = group * num_kv_heads
     generator = torch.Generator().manual_seed(seed)
@@ -92,7 +102,9 @@ def test_executed_plan_equals_oracle(batch, group, num_kv_heads, page_size, caus
     # The planner sees upper bounds: exact + up to `slack` (a later, shorter exact length).
     kv_upper = np.asarray(kv_lens) + rng.integers(0, slack + 1, len(kv_lens))
     planner = make_planner(num_qo_heads, num_kv_heads, num_ctas, page_size, max_requests=8,
-                           max_batched_tokens=512, max_model_len=4096, kv_len_slack=slack)
+                           max_batched_tokens=512, max_model_len=4096, kv_len_slack=slack,
+                           split_policy=SplitPolicy(min_chunk_tokens=min_chunk,
+                                                    chunk_align_tokens=min(min_chunk, 64)))
     variant = AttentionVariant(
         causal=causal, window_left=window_left,
         sinks=torch.randn(num_qo_heads, generator=generator) if sinks else None)
@@ -178,12 +190,27 @@ def test_balance_on_h100_grid(name):
     planner = make_planner()
     plan = planner.plan(indptr_of(q_lens), np.asarray(kv_lens, np.int32), AttentionVariant())
     assert balance(plan, planner) <= 1.10
-    # Chunks stay >= 256 tokens whenever a CTA's share is large enough to afford that.
-    costs = cta_costs(plan, planner.cost_model)
-    chunk = (plan.section("work_kv_end") - plan.section("work_kv_start"))
+    # No piece of a split tile is shorter than the minimum chunk, and cuts fall on whole KV
+    # tiles.
+    policy = planner.split_policy
+    start, end = plan.section("work_kv_start"), plan.section("work_kv_end")
     split = plan.section("work_partial_slot") >= 0
-    if costs.mean() * planner.split_policy.min_chunk_fraction >= 256 * 128:
-        assert (chunk[split] >= 256).all()
+    assert (end[split] - start[split] >= policy.min_chunk_tokens).all()
+    assert (start[split] % policy.chunk_align_tokens == 0).all()
+
+
+def test_tiny_work_runs_on_few_ctas_unsplit():
+    # One decode over 512 keys per KV head: a CTA's share (4 tokens of 132 CTAs x 8 heads)
+    # is far below a minimum chunk, so each head's tile stays whole instead of being cut
+    # into 16-token pieces merged from 32 slots.
+    planner = make_planner()
+    plan = planner.plan(indptr_of([1]), np.array([512], np.int32), AttentionVariant())
+    assert plan.num_work_items == 8 and plan.num_merge_items == 0
+    # 8192 keys: pieces of one minimum chunk on 128 CTAs, not 264 pieces of ~250 tokens.
+    plan = planner.plan(indptr_of([1]), np.array([8192], np.int32), AttentionVariant())
+    chunks = plan.section("work_kv_end") - plan.section("work_kv_start")
+    assert (chunks == planner.split_policy.min_chunk_tokens).all()
+    assert plan.num_merge_items == 8 and plan.num_work_items == 8 * 8192 // 512
 
 
 # --- capacities and CUDA-graph safety ------------------------------------------------------

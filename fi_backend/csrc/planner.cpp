@@ -49,15 +49,16 @@ struct SchedulerConfig {
   int max_merge_items;
   int max_partial_slots;
   // Cost model (planner.py, "Cost model"): cost of an item with R rows and N KV tokens is
-  // (N + item_overhead_tokens) * (kv_load_rows + R rounded up to row_granule).
+  // (N rounded up to kv_tile_tokens + item_overhead_tokens) * (kv_load_rows + R rounded up
+  // to row_granule).
   double kv_load_rows;
   int row_granule;
+  int kv_tile_tokens;
   double item_overhead_tokens;
   // Split policy (planner.py, "Split policy").
-  double overfill_fraction;       // a CTA may exceed its target by this instead of a split
-  int preferred_min_chunk_tokens;  // shortest chunk cut from a tile when work is plentiful
-  double min_chunk_fraction;       // ... and never more than this fraction of a CTA's target
-  int chunk_align_tokens;          // chunk boundaries sit on multiples of this (when large)
+  double overfill_fraction;  // a CTA may exceed its target by this instead of a split
+  int min_chunk_tokens;      // no chunk cut from a tile is shorter than this
+  int chunk_align_tokens;    // chunk boundaries sit on multiples of this
 };
 
 struct RequestShape {
@@ -133,6 +134,17 @@ class PlanScheduler {
     return RequestShape{q_len, kv_upper, std::max(q_len, kv_upper - config_.kv_len_slack)};
   }
 
+  // KV tokens an item over n keys is charged for: the kernels compute whole KV tiles.
+  double charged_kv_tokens(int n) const {
+    const int tile = config_.kv_tile_tokens;
+    return static_cast<double>((n + tile - 1) / tile * tile);
+  }
+
+  // Estimated cost of an item of geometry g over n keys.
+  double item_cost(const TileGeometry& g, int n) const {
+    return charged_kv_tokens(n) * g.cost_per_kv_token + g.item_overhead;
+  }
+
   int num_tiles(const RequestShape& r) const {
     return (r.q_len + config_.tile_tokens - 1) / config_.tile_tokens;
   }
@@ -192,7 +204,7 @@ class PlanScheduler {
       tiles_per_kv_head += tiles;
       for (int t = 0; t < tiles; ++t) {
         const TileGeometry g = tile_geometry(r, t);
-        cost_per_kv_head += (g.kv_end - g.kv_begin) * g.cost_per_kv_token + g.item_overhead;
+        cost_per_kv_head += item_cost(g, g.kv_end - g.kv_begin);
       }
     }
     // Splits happen only at CTA boundaries, so num_ctas - 1 more items at most.
@@ -273,8 +285,11 @@ class PlanScheduler {
               merge[kMergeNumSlots][m] = pieces;
             }
           };
+          const int min_chunk = config_.min_chunk_tokens;
+          const int align = config_.chunk_align_tokens;
           while (true) {
-            const double rest_cost = (g.kv_end - chunk_begin) * w + g.item_overhead;
+            const int rest = g.kv_end - chunk_begin;
+            const double rest_cost = item_cost(g, rest);
             const double room = target - cta_load;
             if (cta == num_ctas - 1 || rest_cost <= room + config_.overfill_fraction * target) {
               emit(g.kv_end, /*last_piece=*/true);
@@ -282,31 +297,34 @@ class PlanScheduler {
               unassigned -= rest_cost;
               break;
             }
-            // The rest of the tile overfills this CTA: cut a chunk that fills it exactly,
-            // unless that chunk or the remainder would be shorter than the minimum chunk.
-            const int min_chunk = std::max(
-                1, std::min(config_.preferred_min_chunk_tokens,
-                            static_cast<int>(config_.min_chunk_fraction * target / w)));
-            int take = static_cast<int>(std::max(0.0, (room - g.item_overhead) / w));
-            take = std::min(take, g.kv_end - chunk_begin - min_chunk);
-            if (min_chunk >= 4 * config_.chunk_align_tokens) {
-              const int boundary = (chunk_begin + take) / config_.chunk_align_tokens *
-                                   config_.chunk_align_tokens;
-              take = boundary - chunk_begin;
+            // The rest of the tile overfills this CTA: cut a chunk that fills it exactly
+            // (ending on a multiple of `align`), unless that chunk or the remainder would be
+            // shorter than the minimum chunk.
+            const int fill = static_cast<int>(std::max(0.0, (room - g.item_overhead) / w));
+            int take = std::min(fill, rest - min_chunk);
+            take = (chunk_begin + take) / align * align - chunk_begin;
+            if (take < min_chunk && cta_load == 0.0) {
+              // A CTA's whole share is below the minimum chunk (little work for many CTAs):
+              // an empty CTA takes one minimum chunk, or the whole rest when no minimum chunk
+              // would remain, so that tiny work spreads over fewer CTAs instead of all.
+              const int min_end = (chunk_begin + min_chunk + align - 1) / align * align;
+              take = g.kv_end - min_end >= min_chunk ? min_end - chunk_begin : rest;
             }
-            if (take >= min_chunk) {
-              emit(chunk_begin + take, /*last_piece=*/false);
-              cta_load += take * w + g.item_overhead;
-              unassigned -= take * w;  // the remainder carries its own item overhead
-              chunk_begin += take;
-              close_cta();
-            } else if (cta_load == 0.0) {
-              // Nothing cuttable fits an empty CTA (a target below one item's overhead):
-              // it takes the whole rest.
+            if (take >= rest) {
               emit(g.kv_end, /*last_piece=*/true);
               cta_load += rest_cost;
               unassigned -= rest_cost;
+              close_cta();
               break;
+            }
+            if (take >= min_chunk) {
+              const double take_cost = item_cost(g, take);
+              emit(chunk_begin + take, /*last_piece=*/false);
+              cta_load += take_cost;
+              // The remainder carries its own item overhead.
+              unassigned -= take_cost - g.item_overhead;
+              chunk_begin += take;
+              close_cta();
             } else {
               close_cta();
             }
@@ -414,10 +432,10 @@ void bind_planner(py::module_& m) {
       .def_readwrite("max_partial_slots", &SchedulerConfig::max_partial_slots)
       .def_readwrite("kv_load_rows", &SchedulerConfig::kv_load_rows)
       .def_readwrite("row_granule", &SchedulerConfig::row_granule)
+      .def_readwrite("kv_tile_tokens", &SchedulerConfig::kv_tile_tokens)
       .def_readwrite("item_overhead_tokens", &SchedulerConfig::item_overhead_tokens)
       .def_readwrite("overfill_fraction", &SchedulerConfig::overfill_fraction)
-      .def_readwrite("preferred_min_chunk_tokens", &SchedulerConfig::preferred_min_chunk_tokens)
-      .def_readwrite("min_chunk_fraction", &SchedulerConfig::min_chunk_fraction)
+      .def_readwrite("min_chunk_tokens", &SchedulerConfig::min_chunk_tokens)
       .def_readwrite("chunk_align_tokens", &SchedulerConfig::chunk_align_tokens);
 
   py::class_<PlanScheduler>(m, "PlanScheduler",

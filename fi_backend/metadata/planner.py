@@ -20,10 +20,11 @@ A work item is (request, KV head, tile, KV chunk); an unsplit tile is one item.
 
 Cost model
 ----------
-An item with R rows over N KV tokens costs `(N + item_overhead_tokens) * (kv_load_rows + R')`
+An item with R rows over N KV tokens costs `(N' + item_overhead_tokens) * (kv_load_rows + R')`
 with `R'` = R rounded up to `row_granule` (16, the MMA row granule: a 4-row decode tile
-computes 16 rows). Why this form: per KV token a CTA (a) streams the token's K and V rows
-from memory and (b) multiplies them with its R' query rows (QK^T and PV, 4 * head_dim FLOPs
+computes 16 rows) and `N'` = N rounded up to `kv_tile_tokens` (64, the kernels' KV tile: the
+first tile of a causal prefill, 16 keys, computes a whole 64-key tile). Why this form: per KV
+token a CTA (a) streams the token's K and V rows from memory and (b) multiplies them with its R' query rows (QK^T and PV, 4 * head_dim FLOPs
 per row) and exponentiates R' logits. (a) is independent of R: at H100's ~300 FLOP per byte
 of HBM bandwidth a KV token (4 * head_dim bytes) takes as long as the MMA work of ~300 rows,
 but prefill tiles find their KV mostly in L2 (the request's other tiles read the same pages),
@@ -43,15 +44,21 @@ cost over the CTAs still to fill (plus the overhead the remaining splits will ad
 less than the first CTA's target, so that CTAs left light by earlier whole tiles stay light
 instead of splitting tiles that would not lower the busiest CTA's cost. When the
 next tile overfills a CTA by more than `overfill_fraction` of its target, the tile is split
-at the KV position that fills the CTA exactly; the rest continues in the next CTA. A chunk
-(and the rest) must hold at least `min(preferred_min_chunk_tokens, min_chunk_fraction x
-target)` tokens, so chunks are >= 256 tokens unless a CTA's whole share is smaller; when
-that forbids a cut, the CTA closes a little early and the tile moves on. Large chunks end
-on multiples of `chunk_align_tokens` (whole MMA K steps and usually whole pages).
-Consequences: every CTA's cost is within a few percent of the mean by construction, splits
-happen only at CTA boundaries (at most num_ctas - 1 splits, hence the capacities in
-`PlanCapacity.for_engine` do not depend on KV lengths), and the plan costs two passes over
-the tiles, with no sort and no heap. A longest-processing-time greedy over pre-cut chunks
+at the KV position that fills the CTA exactly; the rest continues in the next CTA. Chunk
+boundaries sit on multiples of `chunk_align_tokens` (64: whole KV tiles, whole pages). A chunk
+(and the rest) holds at least `min_chunk_tokens` (512) tokens: a split item pays a fixed
+cost (a chain of dependent metadata loads, the pipeline fill, a float32 partial state written
+and read back by the merge) worth a few hundred tokens, so shorter chunks cost more than they
+balance. When that forbids a cut, the CTA closes a little early and the tile moves on. When a
+CTA's whole share is below the minimum chunk (little work, e.g. one decode of 512 tokens over
+132 SMs), an empty CTA takes one minimum chunk, or the whole rest when no minimum chunk would
+remain: the work then runs on fewer CTAs, some idle, which is faster than cutting it into
+tiny pieces for all of them and merging those.
+Consequences: when every CTA's share is at least a minimum chunk, every CTA's cost is within a
+few percent of the mean by construction; otherwise no CTA holds more than about two minimum
+chunks of one tile. Splits happen only at CTA boundaries (at most num_ctas - 1 splits, hence
+the capacities in `PlanCapacity.for_engine` do not depend on KV lengths), and the plan costs
+two passes over the tiles, with no sort and no heap. A longest-processing-time greedy over pre-cut chunks
 needs a chunk size chosen in advance and still leaves the last chunk's granularity as
 imbalance; the stream cut needs neither.
 
@@ -92,13 +99,14 @@ class CostModel:
 
     kv_load_rows: float = 64.0
     row_granule: int = 16
+    kv_tile_tokens: int = 64
     item_overhead_tokens: float = 32.0
 
     def item_cost(self, rows, kv_tokens):
         """Cost of items with `rows` rows over `kv_tokens` KV tokens (numbers or arrays)."""
         padded_rows = -(-np.asarray(rows) // self.row_granule) * self.row_granule
-        return (np.asarray(kv_tokens) + self.item_overhead_tokens) * (
-            self.kv_load_rows + padded_rows)
+        charged_tokens = -(-np.asarray(kv_tokens) // self.kv_tile_tokens) * self.kv_tile_tokens
+        return (charged_tokens + self.item_overhead_tokens) * (self.kv_load_rows + padded_rows)
 
 
 @dataclass(frozen=True)
@@ -106,9 +114,17 @@ class SplitPolicy:
     """How the stream of tiles is cut into CTAs (module docstring, "Split policy")."""
 
     overfill_fraction: float = 0.05
-    preferred_min_chunk_tokens: int = 256
-    min_chunk_fraction: float = 0.06
-    chunk_align_tokens: int = 16
+    min_chunk_tokens: int = 512
+    chunk_align_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.chunk_align_tokens, int) and self.chunk_align_tokens >= 1
+                and isinstance(self.min_chunk_tokens, int)
+                and self.min_chunk_tokens >= self.chunk_align_tokens):
+            raise ValueError(
+                f"SplitPolicy needs chunk_align_tokens >= 1 and min_chunk_tokens >= "
+                f"chunk_align_tokens; got {self.chunk_align_tokens!r} and "
+                f"{self.min_chunk_tokens!r}")
 
 
 class Plan:
@@ -222,10 +238,10 @@ class Planner:
                 ("max_partial_slots", capacity.max_partial_slots),
                 ("kv_load_rows", cost_model.kv_load_rows),
                 ("row_granule", cost_model.row_granule),
+                ("kv_tile_tokens", cost_model.kv_tile_tokens),
                 ("item_overhead_tokens", cost_model.item_overhead_tokens),
                 ("overfill_fraction", split_policy.overfill_fraction),
-                ("preferred_min_chunk_tokens", split_policy.preferred_min_chunk_tokens),
-                ("min_chunk_fraction", split_policy.min_chunk_fraction),
+                ("min_chunk_tokens", split_policy.min_chunk_tokens),
                 ("chunk_align_tokens", split_policy.chunk_align_tokens)):
             setattr(config, name, value)
         offsets = self.layout.offsets
