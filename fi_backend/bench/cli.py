@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="single attention kernels: ceilings, decode grid, skewed batch, prefill",
         description=(
             "Runs benchmarks/bench_kernels.py (memory-copy and matmul ceilings, decode grid, "
-            "skewed batch, causal prefill) for ours, FlashInfer, FA3 and Triton on the same "
+            "skewed batch, causal prefill) for ours, FlashInfer and FA3 on the same "
             "inputs and reports µs, fraction of the card's ceiling and time ÷ ours."))
     kernels.add_argument("--out", type=Path, default=Path("fi-bench-out"),
                          help="output folder for kernels.json, kernels.md, plots "
