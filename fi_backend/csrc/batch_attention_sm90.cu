@@ -1,0 +1,122 @@
+// Ahead-of-time instantiations of the Hopper batch-attention kernel (dtype x head_dim) and
+// its launcher. Compiled for sm_90a only (wgmma and setmaxnreg exist nowhere else).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "attention/batch_attention.cuh"
+#include "attention/hopper/batch_attention_sm90.cuh"
+#include "batch_attention_sm90.h"
+#include "common/cuda_check.cuh"
+
+namespace fi_backend {
+namespace {
+
+void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument("batch_attention_sm90: " + message);
+}
+
+std::string supported_head_dims() {
+  std::string names;
+  for (const int head_dim : kBatchAttentionSm90HeadDims) {
+    names += (names.empty() ? "" : ", ") + std::to_string(head_dim);
+  }
+  return names;
+}
+
+template <typename T, int HEAD_DIM>
+auto* configured_kernel() {
+  constexpr int kSmemBytes = fi_kernels::hopper::Sm90Config<T, HEAD_DIM>::kSmemBytes;
+  auto* kernel = fi_kernels::hopper::batch_attention_sm90_kernel<T, HEAD_DIM>;
+  // The dynamic shared-memory limit is per device; setting it each time keeps multi-device
+  // processes right and costs little.
+  FI_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+  return kernel;
+}
+
+template <typename T, int HEAD_DIM>
+void launch_typed(const BatchAttentionLaunch& l) {
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(l.stream);
+  constexpr int kSmemBytes = fi_kernels::hopper::Sm90Config<T, HEAD_DIM>::kSmemBytes;
+  configured_kernel<T, HEAD_DIM>()<<<l.num_ctas, fi_kernels::hopper::kSm90Threads, kSmemBytes,
+                                     stream>>>(l.params);
+  FI_CHECK_LAUNCH("batch_attention_sm90_kernel");
+  if (l.num_merge_ctas > 0) {
+    fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>
+        <<<l.num_merge_ctas, fi_kernels::kMergeThreads, 0, stream>>>(l.params);
+    FI_CHECK_LAUNCH("merge_partial_states_kernel");
+  }
+}
+
+template <typename T, int HEAD_DIM>
+int resident_ctas_typed() {
+  constexpr int kSmemBytes = fi_kernels::hopper::Sm90Config<T, HEAD_DIM>::kSmemBytes;
+  int ctas = 0;
+  FI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &ctas, configured_kernel<T, HEAD_DIM>(), fi_kernels::hopper::kSm90Threads, kSmemBytes));
+  return ctas;
+}
+
+void require_supported(DType dtype, int head_dim) {
+  require(batch_attention_sm90_supports(dtype, head_dim),
+          "dtype/head_dim " + std::to_string(head_dim) +
+              " is not supported; supported: float16, bfloat16 with head_dim " +
+              supported_head_dims());
+}
+
+// One case per entry of kBatchAttentionSm90HeadDims.
+template <typename T>
+void launch_head_dim(const BatchAttentionLaunch& l) {
+  switch (l.head_dim) {
+    case 128:
+      return launch_typed<T, 128>(l);
+  }
+}
+
+template <typename T>
+int resident_ctas_head_dim(int head_dim) {
+  switch (head_dim) {
+    case 128:
+      return resident_ctas_typed<T, 128>();
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool batch_attention_sm90_supports(DType dtype, int head_dim) {
+  if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) return false;
+  for (const int supported : kBatchAttentionSm90HeadDims) {
+    if (head_dim == supported) return true;
+  }
+  return false;
+}
+
+void batch_attention_sm90(const BatchAttentionLaunch& launch) {
+  const fi_kernels::BatchAttentionParams& p = launch.params;
+  // The Python wrapper checks shapes, strides and alignment (the same contract as the
+  // portable launcher's); what the kernel itself relies on is checked again here.
+  require(p.num_kv_heads > 0 && p.num_qo_heads % p.num_kv_heads == 0 &&
+              p.num_qo_heads / p.num_kv_heads <= fi_kernels::kMaxTileRows,
+          "num_qo_heads " + std::to_string(p.num_qo_heads) +
+              " must be a multiple of num_kv_heads " + std::to_string(p.num_kv_heads) +
+              " with a group of at most " + std::to_string(fi_kernels::kMaxTileRows));
+  require(p.page_size >= 1, "page_size must be >= 1");
+  require(launch.num_ctas >= 1 && launch.num_merge_ctas >= 0, "num_ctas must be >= 1");
+  require_supported(launch.dtype, launch.head_dim);
+  if (launch.dtype == DType::kFloat16) {
+    launch_head_dim<__half>(launch);
+  } else {
+    launch_head_dim<__nv_bfloat16>(launch);
+  }
+}
+
+int batch_attention_sm90_ctas_per_sm(DType dtype, int head_dim) {
+  require_supported(dtype, head_dim);
+  return dtype == DType::kFloat16 ? resident_ctas_head_dim<__half>(head_dim)
+                                  : resident_ctas_head_dim<__nv_bfloat16>(head_dim);
+}
+
+}  // namespace fi_backend

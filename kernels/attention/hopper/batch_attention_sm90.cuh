@@ -1,0 +1,384 @@
+// Persistent batch attention for Hopper (sm90a): warp-specialized, wgmma, driven by the same
+// plan as the portable family (kernels/attention/batch_attention.cuh). Work items, their
+// length clamping and the row results (final output with sinks, or partial state for the
+// split-KV merge) come from attention/work_item.cuh, so both families execute one plan
+// semantics; the merge of partial slots is the portable family's merge kernel.
+//
+// CTA = 1 producer warpgroup + kConsumerWarpgroups consumer warpgroups of 64 rows each.
+//   producer:  gathers the K and V tiles of every work item of the CTA, in order, from the
+//              paged cache into a kStages-deep shared-memory ring (hopper/kv_pipeline.cuh),
+//              holding only a few registers (setmaxnreg) so that the consumers get the rest;
+//   consumer c: rows [64c, 64c + 64) of the current item. It loads its Q rows (swizzled for
+//              wgmma), then per KV tile: S = Q K^T (wgmma, both operands in shared memory),
+//              masking and online softmax in registers (base 2, FlashAttention-2 algorithm 1),
+//              O += P V (wgmma with P from registers and V read MN-major from the same tile
+//              K-major loads wrote), and finally writes its rows through RowWriter.
+// Every consumer walks every KV tile of every item (the ring needs all of them to release
+// each stage), but a warpgroup with no rows in the item (a decode item of <= 64 rows leaves
+// the second one idle) skips the math.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_types.h>
+
+#include "attention/batch_attention.cuh"  // kNegInf, fast_exp2, the merge kernel
+#include "attention/hopper/kv_pipeline.cuh"
+#include "attention/params.cuh"
+#include "attention/variant.cuh"
+#include "attention/work_item.cuh"
+#include "common/softmax_state.cuh"
+
+namespace fi_kernels {
+namespace hopper {
+
+constexpr int kWarpgroupThreads = 128;
+constexpr int kWarpgroupRows = 64;  // M of one wgmma
+constexpr int kConsumerWarpgroups = kMaxTileRows / kWarpgroupRows;
+constexpr int kSm90Threads = kWarpgroupThreads * (1 + kConsumerWarpgroups);
+static_assert(kMaxTileRows % kWarpgroupRows == 0, "a plan tile is whole warpgroup tiles");
+
+// Register split after setmaxnreg: the producer only computes addresses; the consumers hold
+// the O and S accumulators. 128 * (kProducerRegisters + kConsumerWarpgroups *
+// kConsumerRegisters) must fit the 64K-register file.
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <=
+                  65536,
+              "the register split fits the SM");
+
+// CuTe's names for the CUDA element types.
+template <typename T>
+using CuteElement = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t,
+                                       cutlass::bfloat16_t>;
+
+// Shapes, shared-memory layouts and wgmma tilings for one (dtype, head_dim).
+template <typename T, int HEAD_DIM>
+struct Sm90Config {
+  using Element = CuteElement<T>;
+  static constexpr int kHeadDim = HEAD_DIM;
+  // Keys per KV tile: 128 keeps the S = Q K^T wgmma wide (N = 128); at head_dim 256 the O
+  // accumulator takes 128 registers, so the tile halves to keep S small.
+  static constexpr int kTileKv = HEAD_DIM <= 128 ? 128 : 64;
+  static constexpr int kStages = 2;
+
+  // K-major (head_dim contiguous) 128-byte-swizzled layouts, the GMMA canonical form.
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kWarpgroupRows>, cute::Int<HEAD_DIM>>{}));
+  using SmemLayoutKv = decltype(cute::tile_to_shape(
+      cute::GMMA::Layout_K_SW128_Atom<Element>{},
+      cute::Shape<cute::Int<kTileKv>, cute::Int<HEAD_DIM>, cute::Int<kStages>>{}));
+  // The V tiles seen as (dim, key, stage): the B operand of O += P V, MN-major. Same bytes
+  // as SmemLayoutKv, transposed view.
+  using SmemLayoutVt = decltype(cute::composition(
+      SmemLayoutKv{},
+      cute::make_layout(
+          cute::Shape<cute::Int<HEAD_DIM>, cute::Int<kTileKv>, cute::Int<kStages>>{},
+          cute::Stride<cute::Int<kTileKv>, cute::_1, cute::Int<kTileKv * HEAD_DIM>>{})));
+
+  // One warpgroup per MMA: each consumer warpgroup runs its own 64 rows.
+  using TiledMmaQk = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kWarpgroupRows>, cute::Int<kTileKv>,
+                                             cute::Int<HEAD_DIM>>>()));
+  using TiledMmaPv = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::Int<kWarpgroupRows>, cute::Int<HEAD_DIM>,
+                                             cute::Int<kTileKv>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>()));
+
+  struct SharedStorage {
+    alignas(1024) Element q[kConsumerWarpgroups][cute::cosize_v<SmemLayoutQ>];
+    alignas(1024) Element k[cute::cosize_v<SmemLayoutKv>];
+    alignas(1024) Element v[cute::cosize_v<SmemLayoutKv>];
+    alignas(8) KvRingBarriers<kStages> ring;
+  };
+  static constexpr int kSmemBytes = static_cast<int>(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "fits the SM's shared memory");
+};
+
+// C (+)= A B on one warpgroup: issues every k-block of the operands, then waits for the
+// batch. ZERO_INIT overwrites C with the product instead of accumulating.
+template <bool ZERO_INIT, typename TiledMma, typename FragA, typename FragB, typename FragC>
+__device__ __forceinline__ void warpgroup_gemm(TiledMma& tiled_mma, FragA& a, const FragB& b,
+                                               FragC& c) {
+  // A is either wgmma shared-memory descriptors or a register fragment (P).
+  constexpr bool kARegisters =
+      !std::is_same_v<typename FragA::iterator, cute::GMMA::DescriptorIterator>;
+  if constexpr (kARegisters) cute::warpgroup_fence_operand(a);
+  cute::warpgroup_fence_operand(c);
+  cute::warpgroup_arrive();
+  tiled_mma.accumulate_ = ZERO_INIT ? cute::GMMA::ScaleOut::Zero : cute::GMMA::ScaleOut::One;
+#pragma unroll
+  for (int kb = 0; kb < cute::size<2>(a); ++kb) {
+    cute::gemm(tiled_mma, a(cute::_, cute::_, kb), b(cute::_, cute::_, kb), c);
+    tiled_mma.accumulate_ = cute::GMMA::ScaleOut::One;
+  }
+  cute::warpgroup_commit_batch();
+  cute::warpgroup_wait<0>();
+  cute::warpgroup_fence_operand(c);
+  if constexpr (kARegisters) cute::warpgroup_fence_operand(a);
+}
+
+// Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring.
+template <typename T, typename Config>
+__device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
+                                           const AttentionVariant& variant,
+                                           typename Config::SharedStorage& smem, int first,
+                                           int last) {
+  using namespace cute;
+  constexpr int kTileKv = Config::kTileKv;
+  using Gather = PagedKvGather<T, Config::kHeadDim, kTileKv, kWarpgroupThreads>;
+  Tensor k_tiles = make_tensor(make_smem_ptr(smem.k), typename Config::SmemLayoutKv{});
+  Tensor v_tiles = make_tensor(make_smem_ptr(smem.v), typename Config::SmemLayoutKv{});
+  const int thread = threadIdx.x % kWarpgroupThreads;
+
+  Gather gather;
+  gather.k_stride_page = p.k_stride_page;
+  gather.k_stride_token = p.k_stride_token;
+  gather.v_stride_page = p.v_stride_page;
+  gather.v_stride_token = p.v_stride_token;
+  gather.page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
+
+  RingPosition<Config::kStages> at;
+  for (int w = first; w < last; ++w) {
+    const WorkItem item = load_work_item(p, variant, w);
+    gather.k_head = static_cast<const T*>(p.k) + item.kv_head * p.k_stride_head;
+    gather.v_head = static_cast<const T*>(p.v) + item.kv_head * p.v_stride_head;
+    gather.pages = p.kv_indices + item.page_begin;
+    gather.kv_hi = item.kv_hi;
+    for (int tile_lo = item.kv_lo; tile_lo < item.kv_hi; tile_lo += kTileKv) {
+      smem.ring.producer_acquire(at);
+      gather.load(thread, tile_lo, k_tiles(_, _, at.stage), v_tiles(_, _, at.stage));
+      smem.ring.producer_commit(at);
+      at.advance();
+    }
+  }
+  // Exit only once this thread's last copies have landed.
+  mma::cp_async_wait<0>();
+}
+
+// Consumer warpgroup `wg`: rows [64 wg, 64 wg + 64) of each of the CTA's work items.
+template <typename T, typename Config>
+__device__ __forceinline__ void consume(const BatchAttentionParams& p,
+                                       const AttentionVariant& variant,
+                                       typename Config::SharedStorage& smem, int wg, int first,
+                                       int last) {
+  using namespace cute;
+  constexpr int D = Config::kHeadDim;
+  constexpr int kTileKv = Config::kTileKv;
+  constexpr int kChunksPerRow = D / 8;
+  constexpr int kBlocksS = kTileKv / 8;  // 8-column blocks of S per thread row
+  constexpr int kBlocksO = D / 8;
+  using Element = typename Config::Element;
+
+  const int thread = threadIdx.x % kWarpgroupThreads;  // in the warpgroup
+  const int lane = thread % 32;
+  const int quad_lane = lane % 4;
+  // wgmma accumulator layout (PTX ISA, "wgmma 64xNx16 D fragment"): this thread holds rows
+  // 16 * warp + lane / 4 + 8 * h (h = 0, 1) and columns 8 * j + 2 * (lane % 4) + e (e = 0, 1)
+  // at flat register index e + 2 * h + 4 * j.
+  const int thread_row0 = wg * kWarpgroupRows + 16 * (thread / 32) + lane / 4;  // in the item
+  const int barrier_id = 1 + wg;  // named barrier of this warpgroup (0 is __syncthreads)
+
+  Tensor q_tile = make_tensor(make_smem_ptr(smem.q[wg]), typename Config::SmemLayoutQ{});
+  Tensor k_tiles = make_tensor(make_smem_ptr(smem.k), typename Config::SmemLayoutKv{});
+  Tensor vt_tiles = make_tensor(make_smem_ptr(smem.v), typename Config::SmemLayoutVt{});
+
+  typename Config::TiledMmaQk mma_qk;
+  typename Config::TiledMmaPv mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread);
+  auto thr_pv = mma_pv.get_thread_slice(thread);
+  Tensor frag_q = thr_qk.partition_fragment_A(q_tile);    // descriptors (V, M, K)
+  Tensor frag_k = thr_qk.partition_fragment_B(k_tiles);   // (V, N, K, stage)
+  Tensor frag_vt = thr_pv.partition_fragment_B(vt_tiles);  // (V, N, K, stage)
+  Tensor s_acc = partition_fragment_C(mma_qk, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{});
+  Tensor o_acc = partition_fragment_C(mma_pv, Shape<Int<kWarpgroupRows>, Int<D>>{});
+  // P as the A operand of O += P V. Its register order equals S's (flat index e + 2 h + 4 j
+  // with key 8 j + 2 (lane % 4) + e), so P is S converted element by element.
+  Tensor p_frag =
+      make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{}));
+  static_assert(size(s_acc) == 4 * kBlocksS && size(o_acc) == 4 * kBlocksO &&
+                    size(p_frag) == size(s_acc),
+                "accumulator fragments as described above");
+
+  // Without a logit transform S stays the raw dot product and the scale to base-2 logits
+  // rides in the exponent's FFMA; with one, S becomes base-2 logits first.
+  const bool transforms = variant.transforms_logits();
+  const float s_to_log2 = transforms ? 1.f : variant.params.sm_scale * kLog2e;
+
+  RingPosition<Config::kStages> at;
+  for (int w = first; w < last; ++w) {
+    const WorkItem item = load_work_item(p, variant, w);
+    const bool has_rows = wg * kWarpgroupRows < item.rows;
+
+    if (has_rows) {
+      // Q rows of this warpgroup; rows past item.rows become zeros. The barrier before the
+      // copies keeps them from overwriting Q while a slower warp's wgmma of the previous
+      // item could still read it.
+      cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
+      const T* q = static_cast<const T*>(p.q);
+      for (int idx = thread; idx < kWarpgroupRows * kChunksPerRow; idx += kWarpgroupThreads) {
+        const int row = idx / kChunksPerRow;
+        const int chunk = idx % kChunksPerRow;
+        const int item_row = wg * kWarpgroupRows + row;
+        const bool valid = item_row < item.rows;
+        const std::int64_t token = item.q_token0 + (valid ? item.row_token(item_row) : 0);
+        const std::int64_t head = valid ? item.row_head(item_row) : 0;
+        const T* src = q + token * p.q_stride_token + head * p.q_stride_head + chunk * 8;
+        mma::cp_async_16(mma::smem_addr(&q_tile(row, chunk * 8)), src, valid);
+      }
+      mma::cp_async_commit();
+      mma::cp_async_wait<0>();
+      cutlass::arch::fence_view_async_shared();  // ordinary-proxy writes, wgmma reads
+      cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
+    }
+
+    int q_pos[2], first_key[2], last_key[2];
+    float slope[2], m[2], d[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = thread_row0 + 8 * h;
+      const bool valid = row < item.rows;
+      q_pos[h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
+      variant.visible_keys(q_pos[h], item.kv_hi, first_key[h], last_key[h]);
+      slope[h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
+      m[h] = kNegInf;
+      d[h] = 0.f;
+    }
+    clear(o_acc);
+
+    for (int tile_lo = item.kv_lo; tile_lo < item.kv_hi; tile_lo += kTileKv) {
+      smem.ring.consumer_wait(at);
+      if (has_rows) {
+        warpgroup_gemm<true>(mma_qk, frag_q, frag_k(_, _, _, at.stage), s_acc);
+
+        if (transforms) {
+#pragma unroll
+          for (int j = 0; j < kBlocksS; ++j) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
+                float& s = s_acc(e + 2 * h + 4 * j);
+                s = variant.logit_log2(s, slope[h], kv_pos - q_pos[h]);
+              }
+            }
+          }
+        }
+        const bool whole_tile =
+            tile_lo + kTileKv <= item.kv_hi &&
+            variant.sees_whole_tile(item.q_pos_first, item.q_pos_last, tile_lo,
+                                    tile_lo + kTileKv);
+        if (!whole_tile) {
+#pragma unroll
+          for (int j = 0; j < kBlocksS; ++j) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
+                float& s = s_acc(e + 2 * h + 4 * j);
+                s = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : s;
+              }
+            }
+          }
+        }
+
+        // Online softmax: new row max (over the quad that shares the row), rescale the
+        // running state, P = 2^(S - max).
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float row_max = kNegInf;
+#pragma unroll
+          for (int j = 0; j < kBlocksS; ++j) {
+            row_max = fmaxf(row_max, fmaxf(s_acc(2 * h + 4 * j), s_acc(1 + 2 * h + 4 * j)));
+          }
+          row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+          row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+          const float m_new = fmaxf(m[h], row_max * s_to_log2);
+          // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
+          const float base = m_new == kNegInf ? 0.f : m_new;
+          const float rescale = fast_exp2(m[h] - base);
+          d[h] *= rescale;
+#pragma unroll
+          for (int j = 0; j < kBlocksO; ++j) {
+            o_acc(2 * h + 4 * j) *= rescale;
+            o_acc(1 + 2 * h + 4 * j) *= rescale;
+          }
+#pragma unroll
+          for (int j = 0; j < kBlocksS; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              float& s = s_acc(e + 2 * h + 4 * j);
+              s = fast_exp2(fmaf(s, s_to_log2, -base));
+              d[h] += s;
+            }
+          }
+          m[h] = m_new;
+        }
+#pragma unroll
+        for (int i = 0; i < size(s_acc); ++i) p_frag(i) = static_cast<Element>(s_acc(i));
+
+        warpgroup_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, at.stage), o_acc);
+      }
+      smem.ring.consumer_release(at);
+      at.advance();
+    }
+
+    if (has_rows) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        d[h] += __shfl_xor_sync(0xffffffffu, d[h], 1);
+        d[h] += __shfl_xor_sync(0xffffffffu, d[h], 2);
+        const int row = thread_row0 + 8 * h;
+        if (row >= item.rows) continue;
+        const float inv_d = d[h] > 0.f ? 1.f / d[h] : 0.f;
+        const float lse_log2 = d[h] > 0.f ? m[h] + log2f(d[h]) : kNegInf;
+        const RowWriter<T, D> writer(p, item, row, lse_log2);
+#pragma unroll
+        for (int j = 0; j < kBlocksO; ++j) {
+          const float pair[2] = {o_acc(2 * h + 4 * j) * inv_d, o_acc(1 + 2 * h + 4 * j) * inv_d};
+          writer.store(8 * j + 2 * quad_lane, pair);
+        }
+        if (quad_lane == 0) writer.store_lse();
+      }
+    }
+  }
+}
+
+template <typename T, int HEAD_DIM>
+__global__ void __launch_bounds__(kSm90Threads, 1)
+    batch_attention_sm90_kernel(const __grid_constant__ BatchAttentionParams p) {
+  using Config = Sm90Config<T, HEAD_DIM>;
+  extern __shared__ __align__(1024) std::uint8_t smem_base[];
+  auto& smem = *reinterpret_cast<typename Config::SharedStorage*>(smem_base);
+  if (threadIdx.x == 0) {
+    smem.ring.init(kWarpgroupThreads, kConsumerWarpgroups * kWarpgroupThreads);
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const AttentionVariant variant{p.variant};
+  const int first = p.plan.cta_work_indptr[blockIdx.x];
+  const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
+  const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  if (warpgroup == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
+    produce_kv<T, Config>(p, variant, smem, first, last);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
+    consume<T, Config>(p, variant, smem, warpgroup - 1, first, last);
+  }
+}
+
+}  // namespace hopper
+}  // namespace fi_kernels
