@@ -8,6 +8,9 @@ only what changed.
 Environment:
   FI_CUDA_ARCHS   semicolon list of targets, default "80;90a" (sm_80 portable family,
                   sm_90a Hopper family). Example: FI_CUDA_ARCHS="90a" for an H100-only build.
+                  The Hopper family's sources (SM90A_ONLY_SOURCES) are compiled for sm_90a
+                  alone and only when 90a is listed; without it they are left out and their
+                  binding reports "not built".
   CUDA_HOME       CUDA toolkit root; otherwise nvcc is looked up on PATH, then /usr/local/cuda.
   FI_NVCC_THREADS nvcc --threads per compile (default 2).
 """
@@ -27,6 +30,9 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "fi_backend" / "csrc"
 DEFAULT_ARCHS = "80;90a"
 SUPPORTED_ARCHS = ("80", "86", "89", "90", "90a")
+# wgmma and setmaxnreg exist only on sm_90a, so these compile for that target alone.
+SM90A_ONLY_SOURCES = ("batch_attention_sm90.cu",)
+SM90A_GENCODE = "-gencode=arch=compute_90a,code=sm_90a"
 
 
 def find_cuda_home() -> Path:
@@ -63,9 +69,13 @@ def cutlass_include_dir() -> Path:
     return include
 
 
+def parse_archs(archs: str) -> list[str]:
+    return [a for a in (a.strip() for a in archs.split(";")) if a]
+
+
 def gencode_flags(archs: str) -> list[str]:
     flags = []
-    for arch in filter(None, (a.strip() for a in archs.split(";"))):
+    for arch in parse_archs(archs):
         if arch not in SUPPORTED_ARCHS:
             sys.exit(f"fi_backend: FI_CUDA_ARCHS entry {arch!r} is not supported; "
                      f"supported: {', '.join(SUPPORTED_ARCHS)}")
@@ -97,20 +107,26 @@ class NinjaCudaBuild(build_ext):
         include_flags = " ".join(f"-I{p}" for p in includes)
         archs = os.environ.get("FI_CUDA_ARCHS", DEFAULT_ARCHS)
         nvcc_threads = os.environ.get("FI_NVCC_THREADS", "2")
-        nvcc_flags = " ".join([
-            "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler=-fPIC",
-            "-lineinfo", f"--threads={nvcc_threads}", "-DNDEBUG",
-            *gencode_flags(archs),
-        ])
+        common_nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler=-fPIC",
+                             "-lineinfo", f"--threads={nvcc_threads}", "-DNDEBUG"]
+        nvcc_flags = " ".join([*common_nvcc_flags, *gencode_flags(archs)])
+        with_sm90a = "90a" in parse_archs(archs)
         cxx_flags = "-O3 -std=c++17 -fPIC -fvisibility=hidden -DNDEBUG"
+        if with_sm90a:
+            cxx_flags += " -DFI_BACKEND_WITH_SM90"
         lines = [
             "ninja_required_version = 1.3",
             f"nvcc = {cuda_home / 'bin' / 'nvcc'}",
             "cxx = c++",
             f"nvcc_flags = {nvcc_flags} {include_flags}",
             f"cxx_flags = {cxx_flags} {include_flags}",
+            f"nvcc_sm90a_flags = {' '.join(common_nvcc_flags)} {SM90A_GENCODE} {include_flags}",
             "rule nvcc",
             "  command = $nvcc $nvcc_flags -MD -MF $out.d -c $in -o $out",
+            "  depfile = $out.d",
+            "  deps = gcc",
+            "rule nvcc_sm90a",
+            "  command = $nvcc $nvcc_sm90a_flags -MD -MF $out.d -c $in -o $out",
             "  depfile = $out.d",
             "  deps = gcc",
             "rule cxx",
@@ -124,8 +140,13 @@ class NinjaCudaBuild(build_ext):
         objects = []
         for source in sorted(ext.sources):
             source_path = ROOT / source
+            if source_path.name in SM90A_ONLY_SOURCES and not with_sm90a:
+                continue
             obj = build_dir / (source_path.name + ".o")
-            rule = "nvcc" if source_path.suffix == ".cu" else "cxx"
+            if source_path.name in SM90A_ONLY_SOURCES:
+                rule = "nvcc_sm90a"
+            else:
+                rule = "nvcc" if source_path.suffix == ".cu" else "cxx"
             lines.append(f"build {obj}: {rule} {source_path}")
             objects.append(str(obj))
         lines.append(f"build {output}: link {' '.join(objects)}")

@@ -9,9 +9,16 @@ split KV chunks, also with a fixed grid; every buffer it touches (plan, partial 
 allocated once, so a CUDA graph captured around run() replays correctly for any later plan of
 the same planner. Exact lengths are read on the device (`seq_lens`, `qo_indptr`); the plan
 may have been made from upper bounds. Kernels: kernels/attention/batch_attention.cuh.
+
+Two kernel families execute the same plan: "sm80" (portable, mma.sync, any sm80+ device) and
+"sm90" (Hopper, wgmma + warp specialization, kernels/attention/hopper/; only compute
+capability 9.0 and the (dtype, head_dim) pairs it was built for). `family` (or the
+FI_BACKEND_KERNEL_FAMILY environment variable) picks one: "auto" (default), "sm80", "sm90".
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -29,26 +36,81 @@ from fi_backend.metadata.plan_layout import MAX_TILE_ROWS
 from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
 
-__all__ = ["BatchAttention", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "ctas_per_sm"]
+__all__ = ["BatchAttention", "KERNEL_FAMILIES", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS",
+           "ctas_per_sm", "resolve_kernel_family"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
+
+KERNEL_FAMILIES = ("auto", "sm80", "sm90")
+KERNEL_FAMILY_ENV = "FI_BACKEND_KERNEL_FAMILY"
+SM90_CAPABILITY = (9, 0)
+SM90_IN_AUTO = False
+"""Whether "auto" picks the Hopper family where it can run. Off until it has been validated
+on a GPU against the oracle (tests/test_attention_sm90_gpu.py); "sm90" selects it meanwhile."""
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = "cuda") -> int:
-    """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel): a
-    planner's `num_ctas` is best `multiprocessor_count * ctas_per_sm(...)`."""
+def _check_family(family: str) -> None:
+    if family not in KERNEL_FAMILIES:
+        raise ValueError(f"kernel family {family!r} is not supported; supported: "
+                         f"{', '.join(KERNEL_FAMILIES)}")
+
+
+def _sm90_built() -> bool:
+    # An extension built before the Hopper family existed has no such attribute.
+    return bool(getattr(_C, "BATCH_ATTENTION_SM90_BUILT", False))
+
+
+def _sm90_supports(dtype: torch.dtype, head_dim: int) -> bool:
+    return _sm90_built() and _C.batch_attention_sm90_supports(dtype=_dtype_name(dtype),
+                                                              head_dim=head_dim)
+
+
+def resolve_kernel_family(requested: str, *, capability: tuple[int, int], sm90_built: bool,
+                          sm90_supports: bool) -> str:
+    """The family ("sm80" or "sm90") that runs a call, given the request ("auto", "sm80",
+    "sm90"), the device's compute capability, whether the extension has sm90a kernels and
+    whether they cover the call's (dtype, head_dim).
+
+    "sm90" where the device or the build cannot run it at all raises ValueError; "sm90" for a
+    (dtype, head_dim) without Hopper kernels falls back to the portable family, like "auto"."""
+    _check_family(requested)
+    if requested == "sm80":
+        return "sm80"
+    if requested == "sm90":
+        if tuple(capability) != SM90_CAPABILITY:
+            raise ValueError(f"kernel family 'sm90' needs a compute capability 9.0 device; this "
+                             f"one is {capability[0]}.{capability[1]}")
+        if not sm90_built:
+            raise ValueError("kernel family 'sm90' is not in this build of fi_backend._C; "
+                             "rebuild with FI_CUDA_ARCHS containing 90a")
+        return "sm90" if sm90_supports else "sm80"
+    use_sm90 = (SM90_IN_AUTO and tuple(capability) == SM90_CAPABILITY and sm90_built
+                and sm90_supports)
+    return "sm90" if use_sm90 else "sm80"
+
+
+def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = "cuda",
+                family: str = "sm80") -> int:
+    """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel of
+    `family`, "sm80" or "sm90"): a planner's `num_ctas` is best
+    `multiprocessor_count * ctas_per_sm(...)`."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {_dtype_name(dtype)} is not supported; supported: "
                          f"{', '.join(map(_dtype_name, SUPPORTED_DTYPES))}")
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim {head_dim} is not supported; supported: "
                          f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+    if family not in ("sm80", "sm90"):
+        raise ValueError(f"kernel family {family!r} is not supported here; supported: sm80, sm90")
     with torch.cuda.device(device):
+        if family == "sm90":
+            return _C.batch_attention_sm90_ctas_per_sm(dtype=_dtype_name(dtype),
+                                                       head_dim=head_dim)
         return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
 
 
@@ -75,12 +137,19 @@ class BatchAttention:
     `planner` fixes heads, head_dim, page size and the plan capacities for the life of the
     engine; the float32 partial-state workspace for split KV chunks is allocated here, once:
     `(max_partial_slots, MAX_TILE_ROWS, head_dim)` outputs and `(max_partial_slots,
-    MAX_TILE_ROWS)` natural-log LSEs."""
+    MAX_TILE_ROWS)` natural-log LSEs.
 
-    def __init__(self, planner: Planner) -> None:
+    `family`: "auto", "sm80" or "sm90" (see resolve_kernel_family); None reads
+    FI_BACKEND_KERNEL_FAMILY, default "auto"."""
+
+    def __init__(self, planner: Planner, family: str | None = None) -> None:
         if planner.head_dim not in SUPPORTED_HEAD_DIMS:
             raise ValueError(f"head_dim {planner.head_dim} is not supported; supported: "
                              f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+        family = family if family is not None else os.environ.get(KERNEL_FAMILY_ENV, "auto")
+        _check_family(family)
+        self.family = family
+        self._family_by_dtype: dict[torch.dtype, str] = {}
         if _C.BATCH_ATTENTION_MAX_TILE_ROWS != MAX_TILE_ROWS:
             raise RuntimeError(
                 f"fi_backend._C was built with {_C.BATCH_ATTENTION_MAX_TILE_ROWS} tile rows but "
@@ -99,6 +168,15 @@ class BatchAttention:
         self.num_merge_ctas = min(planner.capacity.num_ctas, planner.capacity.max_merge_items)
         self._plan: Plan | None = None
         self._plan_variant: AttentionVariant | None = None
+
+    def kernel_family(self, dtype: torch.dtype) -> str:
+        """The family ("sm80" or "sm90") that runs q of `dtype` on this device."""
+        if dtype not in self._family_by_dtype:
+            self._family_by_dtype[dtype] = resolve_kernel_family(
+                self.family, capability=torch.cuda.get_device_capability(self.device),
+                sm90_built=_sm90_built(),
+                sm90_supports=_sm90_supports(dtype, self.planner.head_dim))
+        return self._family_by_dtype[dtype]
 
     def plan(self, qo_indptr_host, kv_len_host, variant: AttentionVariant) -> Plan:
         """Plans one step (host arrays: qo_indptr int32 [B+1] exact, kv_len int32 [B] upper
@@ -190,8 +268,10 @@ class BatchAttention:
         lse = (torch.empty(q.shape[:2], dtype=torch.float32, device=self.device)
                if return_lse else None)
 
+        launch = (_C.batch_attention_sm90 if self.kernel_family(q.dtype) == "sm90"
+                  else _C.batch_attention)
         with torch.cuda.device(self.device):
-            _C.batch_attention(
+            launch(
                 dtype=_dtype_name(q.dtype), head_dim=head_dim,
                 q=q.data_ptr(), q_strides=q.stride()[:2],
                 o=o.data_ptr(), o_strides=o.stride()[:2],

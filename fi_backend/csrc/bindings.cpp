@@ -6,6 +6,7 @@
 namespace fi_backend {
 void bind_merge_states(pybind11::module_& m);
 void bind_batch_attention(pybind11::module_& m);
+void bind_batch_attention_sm90(pybind11::module_& m);
 void bind_planner(pybind11::module_& m);
 void bind_append_kv(pybind11::module_& m);
 }  // namespace fi_backend
@@ -14,6 +15,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fi_backend CUDA kernels (pybind11, torch-free)";
   fi_backend::bind_merge_states(m);
   fi_backend::bind_batch_attention(m);
+  fi_backend::bind_batch_attention_sm90(m);
   fi_backend::bind_planner(m);
   fi_backend::bind_append_kv(m);
 }

@@ -1,0 +1,128 @@
+"""The Hopper (sm90a) attention family against the float32 oracle: the portable family's GPU
+cases (tests/test_attention_gpu.py, imported, not copied) rerun with
+FI_BACKEND_KERNEL_FAMILY=sm90, plus prefill shapes that cross many 128-key tiles.
+
+Every case asserts that the sm90 launcher really ran (head_dim 128) or really did not
+(head_dims without Hopper kernels fall back to the portable family), so a silent fallback
+cannot pass for a Hopper result. Same bounds as the portable tests: relative Frobenius error
+<= 1e-2 (bfloat16) / 2e-3 (float16), LSE within 2e-3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import test_attention_gpu as portable
+from fi_backend import _C
+from fi_backend.attention import KERNEL_FAMILY_ENV, BatchAttention
+
+pytestmark = pytest.mark.gpu
+
+SM90_HEAD_DIM = 128
+
+
+def _is_sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.fixture(autouse=True)
+def sm90_launches(monkeypatch):
+    """Selects the sm90 family and counts its launches."""
+    if not _is_sm90():
+        pytest.skip("needs a compute capability 9.0 GPU (H100/H200)")
+    if not getattr(_C, "BATCH_ATTENTION_SM90_BUILT", False):
+        pytest.fail("fi_backend._C has no sm90a kernels; build with FI_CUDA_ARCHS containing "
+                    "90a")
+    monkeypatch.setenv(KERNEL_FAMILY_ENV, "sm90")
+    launches = []
+    launcher = _C.batch_attention_sm90
+
+    def counting_launcher(**kwargs):
+        launches.append(kwargs["head_dim"])
+        return launcher(**kwargs)
+
+    monkeypatch.setattr(_C, "batch_attention_sm90", counting_launcher)
+    return launches
+
+
+def assert_sm90_ran(launches):
+    assert launches and all(d == SM90_HEAD_DIM for d in launches), launches
+
+
+@pytest.mark.parametrize("plan_kind", ["planner", "hand"])
+@pytest.mark.parametrize("variant", portable.VARIANTS)
+def test_every_variant_mixed_batch(variant, plan_kind, sm90_launches):
+    portable.test_every_variant_mixed_batch(variant, plan_kind)
+    assert_sm90_ran(sm90_launches)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("plan_kind", ["planner", "hand"])
+def test_dtypes(dtype, plan_kind, sm90_launches):
+    portable.test_dtypes_and_head_dims(dtype, SM90_HEAD_DIM, plan_kind)
+    assert_sm90_ran(sm90_launches)
+
+
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_head_dims_without_sm90_kernels_fall_back(head_dim, sm90_launches):
+    portable.test_dtypes_and_head_dims(torch.bfloat16, head_dim, "planner")
+    assert sm90_launches == []
+
+
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8), (64, 8), (16, 1), (32, 1), (64, 1)],
+                         ids=lambda h: f"{h[0]}q{h[1]}kv")
+@pytest.mark.parametrize("variant", ["causal", "noncausal_sinks_window"])
+def test_gqa_ratios_and_mqa(heads, variant, sm90_launches):
+    portable.test_gqa_ratios_and_mqa(heads, variant)
+    assert_sm90_ran(sm90_launches)
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 32, 64, 5])
+@pytest.mark.parametrize("layout", ["vllm_packed", "paged_5d"])
+def test_page_sizes_and_cache_layouts(page_size, layout, sm90_launches):
+    portable.test_page_sizes_and_cache_layouts(page_size, layout)
+    assert_sm90_ran(sm90_launches)
+
+
+def test_skewed_decode_batch_splits(sm90_launches):
+    portable.test_skewed_decode_batch_splits()
+    assert_sm90_ran(sm90_launches)
+
+
+def test_long_single_decode_and_prefill(sm90_launches):
+    portable.test_long_single_decode_and_prefill()
+    assert_sm90_ran(sm90_launches)
+
+
+def test_padded_tokens_and_upper_bound_kv_lengths(sm90_launches):
+    portable.test_padded_tokens_and_upper_bound_kv_lengths()
+    assert_sm90_ran(sm90_launches)
+
+
+def test_empty_kv_chunks_write_empty_partials(sm90_launches):
+    portable.test_empty_kv_chunks_write_empty_partials()
+    assert_sm90_ran(sm90_launches)
+
+
+def test_rerun_with_new_plan_reuses_buffers(sm90_launches):
+    portable.test_rerun_with_new_plan_reuses_buffers()
+    assert_sm90_ran(sm90_launches)
+
+
+@pytest.mark.parametrize("variant", ["causal", "noncausal", "window", "all"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_prefill_across_many_kv_tiles(variant, dtype, sm90_launches):
+    # Both consumer warpgroups busy (128-row items), causal diagonals inside 128-key tiles,
+    # several items per CTA, and a KV length that is no multiple of the tile.
+    q_lens = [600, 257, 64, 1]
+    kv_lens = [1400, 257, 3000, 5000]
+    for plan_kind in ("planner", "hand"):
+        portable.check_batch(q_lens, kv_lens, dtype=dtype, variant=variant, plan_kind=plan_kind,
+                             seed=21)
+    assert_sm90_ran(sm90_launches)
+
+
+def test_family_argument_overrides_the_environment(sm90_launches):
+    planner = portable.make_planner(32, 8, SM90_HEAD_DIM, 16, torch.bfloat16, [1], [64])
+    assert BatchAttention(planner).kernel_family(torch.bfloat16) == "sm90"
+    assert BatchAttention(planner, family="sm80").kernel_family(torch.bfloat16) == "sm80"

@@ -1,0 +1,79 @@
+"""Choice of the attention kernel family (fi_backend.attention.resolve_kernel_family and the
+`family` argument / FI_BACKEND_KERNEL_FAMILY of BatchAttention), on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from fi_backend import attention as attention_module
+from fi_backend.attention import KERNEL_FAMILY_ENV, BatchAttention, resolve_kernel_family
+from fi_backend.metadata.planner import Planner
+
+H100 = (9, 0)
+A100 = (8, 0)
+BLACKWELL = (10, 0)
+
+
+def resolve(requested, capability=H100, built=True, supports=True):
+    return resolve_kernel_family(requested, capability=capability, sm90_built=built,
+                                 sm90_supports=supports)
+
+
+def test_sm80_is_always_portable():
+    for capability in (A100, H100, BLACKWELL):
+        assert resolve("sm80", capability) == "sm80"
+
+
+def test_sm90_runs_where_it_can_and_falls_back_for_uncovered_shapes():
+    assert resolve("sm90") == "sm90"
+    assert resolve("sm90", supports=False) == "sm80"
+
+
+@pytest.mark.parametrize("capability", [A100, BLACKWELL, (8, 9)])
+def test_sm90_on_another_device_is_an_error(capability):
+    with pytest.raises(ValueError, match=r"needs a compute capability 9.0 device; this one is "
+                                         rf"{capability[0]}\.{capability[1]}"):
+        resolve("sm90", capability)
+
+
+def test_sm90_without_sm90a_kernels_in_the_build_is_an_error():
+    with pytest.raises(ValueError, match="rebuild with FI_CUDA_ARCHS containing 90a"):
+        resolve("sm90", built=False, supports=False)
+
+
+def test_auto_follows_the_sm90_switch(monkeypatch):
+    monkeypatch.setattr(attention_module, "SM90_IN_AUTO", False)
+    assert resolve("auto") == "sm80"
+    monkeypatch.setattr(attention_module, "SM90_IN_AUTO", True)
+    assert resolve("auto") == "sm90"
+    assert resolve("auto", supports=False) == "sm80"
+    assert resolve("auto", built=False, supports=False) == "sm80"
+    assert resolve("auto", A100) == "sm80"
+    assert resolve("auto", BLACKWELL) == "sm80"
+
+
+def test_unknown_family_is_rejected():
+    with pytest.raises(ValueError, match="kernel family 'sm100' is not supported; supported: "
+                                         "auto, sm80, sm90"):
+        resolve("sm100")
+
+
+def make_planner():
+    return Planner(max_requests=2, max_batched_tokens=8, max_model_len=64, num_qo_heads=4,
+                   num_kv_heads=1, head_dim=128, page_size=16, num_ctas=2, device="cpu")
+
+
+def test_batch_attention_takes_the_family_from_the_argument_or_the_environment(monkeypatch):
+    monkeypatch.delenv(KERNEL_FAMILY_ENV, raising=False)
+    assert BatchAttention(make_planner()).family == "auto"
+    monkeypatch.setenv(KERNEL_FAMILY_ENV, "sm90")
+    assert BatchAttention(make_planner()).family == "sm90"
+    assert BatchAttention(make_planner(), family="sm80").family == "sm80"
+
+
+def test_batch_attention_rejects_an_unknown_family(monkeypatch):
+    with pytest.raises(ValueError, match="kernel family 'hopper' is not supported"):
+        BatchAttention(make_planner(), family="hopper")
+    monkeypatch.setenv(KERNEL_FAMILY_ENV, "fa3")
+    with pytest.raises(ValueError, match="kernel family 'fa3' is not supported"):
+        BatchAttention(make_planner())
