@@ -70,16 +70,24 @@ void require_supported(DType dtype, int head_dim) {
 template <typename T>
 void launch_head_dim(const BatchAttentionLaunch& l) {
   switch (l.head_dim) {
+    case 64:
+      return launch_typed<T, 64>(l);
     case 128:
       return launch_typed<T, 128>(l);
+    case 256:
+      return launch_typed<T, 256>(l);
   }
 }
 
 template <typename T>
 int resident_ctas_head_dim(int head_dim) {
   switch (head_dim) {
+    case 64:
+      return resident_ctas_typed<T, 64>();
     case 128:
       return resident_ctas_typed<T, 128>();
+    case 256:
+      return resident_ctas_typed<T, 256>();
   }
   return 0;
 }

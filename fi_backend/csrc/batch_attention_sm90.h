@@ -9,7 +9,7 @@
 namespace fi_backend {
 
 // (dtype, head_dim) pairs compiled for sm90a; other head_dims use the portable family.
-constexpr int kBatchAttentionSm90HeadDims[] = {128};
+constexpr int kBatchAttentionSm90HeadDims[] = {64, 128, 256};
 
 bool batch_attention_sm90_supports(DType dtype, int head_dim);
 

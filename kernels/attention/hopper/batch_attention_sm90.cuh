@@ -45,13 +45,15 @@ constexpr int kSm90Threads = kWarpgroupThreads * (1 + kConsumerWarpgroups);
 static_assert(kMaxTileRows % kWarpgroupRows == 0, "a plan tile is whole warpgroup tiles");
 
 // Register split after setmaxnreg: the producer only computes addresses; the consumers hold
-// the O and S accumulators. 128 * (kProducerRegisters + kConsumerWarpgroups *
-// kConsumerRegisters) must fit the 64K-register file.
-constexpr int kProducerRegisters = 40;
-constexpr int kConsumerRegisters = 232;
-static_assert(kWarpgroupThreads * (kProducerRegisters + kConsumerWarpgroups * kConsumerRegisters) <=
-                  65536,
-              "the register split fits the SM");
+// the O and S accumulators. 128 * (producer + kConsumerWarpgroups * consumer) registers must
+// fit the 64K-register file; both are multiples of 8.
+template <int PRODUCER, int CONSUMER>
+struct RegisterSplit {
+  static constexpr int kProducer = PRODUCER;
+  static constexpr int kConsumer = CONSUMER;
+  static_assert(kWarpgroupThreads * (PRODUCER + kConsumerWarpgroups * CONSUMER) <= 65536,
+                "the register split fits the SM");
+};
 
 // CuTe's names for the CUDA element types.
 template <typename T>
@@ -66,7 +68,15 @@ struct Sm90Config {
   // Keys per KV tile: 128 keeps the S = Q K^T wgmma wide (N = 128); at head_dim 256 the O
   // accumulator takes 128 registers, so the tile halves to keep S small.
   static constexpr int kTileKv = HEAD_DIM <= 128 ? 128 : 64;
-  static constexpr int kStages = 2;
+  // As many stages as shared memory holds (227 KB): decode is memory-bound and wants tiles in
+  // flight while one is used. Q + stages x (K + V): 64: 16 + 4 x 32 KB, 128: 32 + 3 x 64 KB,
+  // 256: 64 + 2 x 64 KB.
+  static constexpr int kStages = HEAD_DIM == 64 ? 4 : (HEAD_DIM == 128 ? 3 : 2);
+  // head_dim 256 consumers (128 O registers) need 232 to stay spill-free; the producer then
+  // keeps some hoisted shared-memory offsets in local memory, off the math path. Below that,
+  // 56 lets the producer keep them all in registers.
+  using Registers =
+      std::conditional_t<(HEAD_DIM > 128), RegisterSplit<40, 232>, RegisterSplit<56, 224>>;
 
   // K-major (head_dim contiguous) 128-byte-swizzled layouts, the GMMA canonical form.
   using SmemLayoutQ = decltype(cute::tile_to_shape(
@@ -162,7 +172,7 @@ __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
     }
   }
   // Exit only once this thread's last copies have landed.
-  mma::cp_async_wait<0>();
+  cp_async_wait_all();
 }
 
 // Consumer warpgroup `wg`: rows [64 wg, 64 wg + 64) of each of the CTA's work items.
@@ -372,10 +382,10 @@ __global__ void __launch_bounds__(kSm90Threads, 1)
   const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
   const int warpgroup = threadIdx.x / kWarpgroupThreads;
   if (warpgroup == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<kProducerRegisters>();
+    cutlass::arch::warpgroup_reg_dealloc<Config::Registers::kProducer>();
     produce_kv<T, Config>(p, variant, smem, first, last);
   } else {
-    cutlass::arch::warpgroup_reg_alloc<kConsumerRegisters>();
+    cutlass::arch::warpgroup_reg_alloc<Config::Registers::kConsumer>();
     consume<T, Config>(p, variant, smem, warpgroup - 1, first, last);
   }
 }

@@ -73,6 +73,10 @@ struct KvRingBarriers {
   }
 };
 
+// Waits for every cp.async of this thread, committed to a group or not (the producer never
+// commits groups: its copies complete on the ring's mbarriers).
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
+
 // Copies keys [tile_lo, tile_lo + TILE_KV) of one (request, KV head) from the paged cache into
 // a K and a V tile of shared memory laid out by SmemLayout (a CuTe layout over (key, dim)),
 // with 16-byte cp.async copies by NUM_THREADS threads; keys at or past kv_hi become zeros.
