@@ -216,22 +216,39 @@ def child_env() -> dict:
     return {**os.environ, **MULTICAST_OFF}
 
 
-def run_child(command: list[str], log_path: Path, timeout_s: float) -> int | None:
+EXIT_GRACE_S = 60
+"""How long a job may take to exit after writing its results before it is killed."""
+
+
+def run_child(command: list[str], log_path: Path, timeout_s: float,
+              done_path: Path | None = None) -> int | None:
     """Run command in its own process group (vLLM's TP workers included) with output to
-    log_path; returns its exit status, or None if it ran past timeout_s and was killed."""
+    log_path; returns its exit status, or None if it was killed: after timeout_s, or
+    EXIT_GRACE_S after done_path appeared (an engine that hangs at shutdown)."""
+    start = time.perf_counter()
     with open(log_path, "w") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                  env=child_env(), start_new_session=True)
-        try:
-            return child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-            return None
+        deadline = start + timeout_s
+        while (status := child.poll()) is None:
+            now = time.perf_counter()
+            if done_path is not None and done_path.exists():
+                deadline = min(deadline, now + EXIT_GRACE_S)
+                done_path = None
+            if now >= deadline:
+                kill_group(child)
+                return None
+            time.sleep(0.5)
+        return status
+
+
+def kill_group(child: subprocess.Popen) -> None:
+    os.killpg(child.pid, signal.SIGTERM)
+    try:
+        child.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def log_tail(log_path: Path, lines: int = 25) -> str:
@@ -250,14 +267,14 @@ def run_in_subprocess(job: Job, timeout_s: float) -> dict:
     progress(f"{label}: starting (log {log_path})")
     start = time.perf_counter()
     status = run_child([sys.executable, __file__, "--job", json.dumps(asdict(job))],
-                       log_path, timeout_s)
+                       log_path, timeout_s, done_path=Path(job.out_path))
     elapsed = time.perf_counter() - start
     if not Path(job.out_path).exists():
         why = f"exit {status}" if status is not None else f"killed after {timeout_s:.0f} s"
         raise RuntimeError(f"{label} failed ({why}):\n{log_tail(log_path)}")
     if status != 0:  # results are complete (written last, atomically); the exit was not
         progress(f"{label}: results written, but the process "
-                 f"{'hung at exit and was killed' if status is None else f'exited {status}'}")
+                 f"{'did not exit and was killed' if status is None else f'exited {status}'}")
     progress(f"{label}: done in {elapsed:.0f} s")
     return json.loads(Path(job.out_path).read_text())
 

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -341,17 +342,70 @@ def test_children_run_with_nvlink_multicast_off(monkeypatch, tmp_path):
 def test_a_hung_child_is_killed_with_its_process_group(tmp_path):
     log = tmp_path / "child.log"
     status = e2e_vllm_compare.run_child(
-        [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable,"
-         " '-c', 'import time; time.sleep(60)']); print('started', flush=True); "
-         "time.sleep(60)"], log, 3)
+        [sys.executable, "-c", "import subprocess, sys, time; worker = subprocess.Popen("
+         "[sys.executable, '-c', 'import time; time.sleep(60)']); print(worker.pid, "
+         "flush=True); time.sleep(60)"], log, 3)
     assert status is None
-    assert log.read_text().strip() == "started"
+    worker_pid = int(log.read_text())
+    with pytest.raises(ProcessLookupError):   # the grandchild (a TP worker) went too
+        for _ in range(50):
+            os.kill(worker_pid, 0)
+            time.sleep(0.1)
+
+
+def test_a_child_that_does_not_exit_after_its_results_is_killed_soon(tmp_path,
+                                                                     monkeypatch):
+    monkeypatch.setattr(e2e_vllm_compare, "EXIT_GRACE_S", 1)
+    done = tmp_path / "results.json"
+    start = time.perf_counter()
+    status = e2e_vllm_compare.run_child(
+        [sys.executable, "-c", f"import time; open({str(done)!r}, 'w').write('{{}}'); "
+         "time.sleep(60)"], tmp_path / "child.log", 50, done_path=done)
+    assert status is None
+    assert time.perf_counter() - start < 20
+
+
+def fake_children(calls: list, results_for):
+    """Stands in for run_child: records each command; engine jobs write results_for(job)."""
+    def run_child(command, log_path, timeout_s, done_path=None):
+        calls.append(command)
+        if "--job" in command:
+            job = e2e_vllm_compare.Job(**json.loads(command[command.index("--job") + 1]))
+            Path(job.out_path).write_text(json.dumps(results_for(job)))
+        log_path.write_text("random checkpoint: model.safetensors: 75 tensors\n")
+        return 0
+    return run_child
+
+
+def test_tp_check_runs_tp1_and_tp2_on_one_checkpoint(tmp_path, monkeypatch, capsys):
+    calls = []
+    result = run_result([[1, 2, 3]], [[{"1": -0.1}, {"2": -0.1}, {"3": -0.1}]])
+    monkeypatch.setattr(e2e_vllm_compare, "run_child", fake_children(calls, lambda job: result))
+    out = tmp_path / "summary.json"
+    status = e2e_vllm_compare.main(["--configs", "mistral_7b_swa", "--tp-check",
+                                    "--checkpoint-dir", str(tmp_path / "ckpt"),
+                                    "--save-dir", str(tmp_path / "runs"), "--out", str(out)])
+    assert status == 0
+    writer, tp1, tp2 = calls
+    assert writer[1].endswith("random_checkpoint.py")
+    assert json.loads(writer[writer.index("--overrides") + 1]) == \
+        {"sliding_window": 256, "num_hidden_layers": 8}
+    jobs = [e2e_vllm_compare.Job(**json.loads(c[c.index("--job") + 1])) for c in (tp1, tp2)]
+    assert [(j.backend, j.tensor_parallel_size, j.load_format, j.hf_overrides) for j in jobs] \
+        == [("CUSTOM", 1, "safetensors", {}), ("CUSTOM", 2, "safetensors", {})]
+    assert jobs[0].model_dir == jobs[1].model_dir == str(tmp_path / "ckpt" /
+                                                        "mistral_7b_swa-checkpoint")
+    summary = json.loads(out.read_text())
+    assert summary["mode"] == "tp-check" and summary["passed"]
+    assert [(r["baseline"], r["candidate"], r["max_logprob_diff"], r["greedy_equal"])
+            for r in summary["results"]] == [("CUSTOM tp1", "CUSTOM tp2", 0.0, 1)]
+    assert "mistral_7b_swa: CUSTOM tp2 vs CUSTOM tp1 (test)" in capsys.readouterr().out
 
 
 def test_a_failed_engine_run_fails_its_comparison(tmp_path, monkeypatch, capsys):
     """Without a GPU the engine process fails: the comparison is a FAIL with the log's
     tail, the summary JSON says so, and the exit status is 1."""
-    def no_engine(command, log_path, timeout_s):
+    def no_engine(command, log_path, timeout_s, done_path=None):
         log_path.write_text("line 1\nRuntimeError: no CUDA device\n")
         return 1
 
@@ -367,4 +421,3 @@ def test_a_failed_engine_run_fails_its_comparison(tmp_path, monkeypatch, capsys)
         ("llama3_8b", "FLASH_ATTN", "CUSTOM")
     assert "no CUDA device" in result["error"]
     assert "llama3_8b: CUSTOM vs FLASH_ATTN | FAIL | baseline" in capsys.readouterr().out
-    assert os.path.exists(tmp_path / "runs")
