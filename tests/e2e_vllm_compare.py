@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -279,13 +280,13 @@ def run_in_subprocess(job: Job, timeout_s: float) -> dict:
     return json.loads(Path(job.out_path).read_text())
 
 
-def write_checkpoint_in_subprocess(case: str, overrides: dict, out_dir: Path, args,
-                                   timeout_s: float) -> None:
+def write_checkpoint_in_subprocess(case: str, overrides: dict, out_dir: Path,
+                                   log_path: Path, args) -> None:
     """random_checkpoint.py in its own process (drawing on the GPU), so this process never
     holds a CUDA context while the engines start."""
     progress(f"{case}: writing a random checkpoint to {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir.with_suffix(".log")
+    timeout_s = args.job_timeout
     start = time.perf_counter()
     status = run_child([sys.executable, str(TESTS_DIR / "random_checkpoint.py"),
                         str(CONFIG_DIR / CASES[case].config), str(out_dir),
@@ -419,19 +420,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def comparisons_for_case(case: str, args, scratch: Path) -> list[dict]:
-    """Run the engines for one config and compare; a failed run is a failed comparison."""
+def comparisons_for_case(case: str, args, runs_dir: Path, temporary: Path) -> list[dict]:
+    """Run the engines for one config and compare; a failed run is a failed comparison.
+    Results and logs go to runs_dir; checkpoints (GBs) to --checkpoint-dir or temporary."""
     overrides = dict(CASES[case].hf_overrides)
     if args.num_layers is not None:
         overrides["num_hidden_layers"] = args.num_layers
-    failures = []
+    checkpoint_error = None
     if args.weights == "checkpoint":
-        checkpoint = Path(args.checkpoint_dir or scratch) / f"{case}-checkpoint"
+        checkpoint = Path(args.checkpoint_dir or temporary) / f"{case}-checkpoint"
         try:
-            write_checkpoint_in_subprocess(case, overrides, checkpoint, args,
-                                           args.job_timeout)
+            write_checkpoint_in_subprocess(case, overrides, checkpoint,
+                                           runs_dir / f"{case}-checkpoint.log", args)
         except RuntimeError as error:
-            failures.append(str(error))
+            checkpoint_error = str(error)
         model_dir, load_format, overrides = str(checkpoint), "safetensors", {}
     else:
         model_dir, load_format = str(CONFIG_DIR / CASES[case].config), "dummy"
@@ -443,7 +445,7 @@ def comparisons_for_case(case: str, args, scratch: Path) -> list[dict]:
             min_prompt_len=args.min_prompt_len, max_prompt_len=args.max_prompt_len,
             gen_tokens=args.gen_tokens, max_model_len=args.max_model_len,
             compile=args.compile, seed=args.seed, residual_scale=args.residual_scale,
-            dtype=args.dtype, out_path=str(scratch / f"{case}-{backend}-tp{tp}.json")),
+            dtype=args.dtype, out_path=str(runs_dir / f"{case}-{backend}-tp{tp}.json")),
             args.job_timeout)
 
     if args.tp_check:
@@ -460,8 +462,8 @@ def comparisons_for_case(case: str, args, scratch: Path) -> list[dict]:
         return {"case": case, "baseline": baseline_name, "candidate": candidate_name,
                 "passed": False, "error": error}
 
-    if failures:
-        return [failed(name, failures[0]) for name, _, _ in candidate_runs]
+    if checkpoint_error:
+        return [failed(name, checkpoint_error) for name, _, _ in candidate_runs]
     try:
         baseline = run(*baseline_run[1:])
     except RuntimeError as error:
@@ -487,10 +489,11 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="e2e_vllm_compare-") as temporary:
-        scratch = Path(args.save_dir or temporary)
-        scratch.mkdir(parents=True, exist_ok=True)
+        runs_dir = Path(args.save_dir or temporary)
+        runs_dir.mkdir(parents=True, exist_ok=True)
         for case in cases:
-            results += comparisons_for_case(case, args, scratch)
+            results += comparisons_for_case(case, args, runs_dir, Path(temporary))
+            shutil.rmtree(Path(temporary) / f"{case}-checkpoint", ignore_errors=True)
     passed = bool(results) and all(r["passed"] for r in results)
     elapsed = time.perf_counter() - start
     progress(f"{sum(r['passed'] for r in results)}/{len(results)} comparisons passed in "
