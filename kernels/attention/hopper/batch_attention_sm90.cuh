@@ -114,11 +114,12 @@ struct Sm90Config {
   static_assert(kSmemBytes <= 227 * 1024, "fits the SM's shared memory");
 };
 
-// C (+)= A B on one warpgroup: issues every k-block of the operands, then waits for the
-// batch. ZERO_INIT overwrites C with the product instead of accumulating.
+// Issues C (+)= A B on one warpgroup as one wgmma batch (all k-blocks) and returns without
+// waiting; ZERO_INIT overwrites C instead of accumulating. The caller waits with
+// warpgroup_wait<N> and then fences the operands it touches next (wait_gemm_operand).
 template <bool ZERO_INIT, typename TiledMma, typename FragA, typename FragB, typename FragC>
-__device__ __forceinline__ void warpgroup_gemm(TiledMma& tiled_mma, FragA& a, const FragB& b,
-                                               FragC& c) {
+__device__ __forceinline__ void issue_gemm(TiledMma& tiled_mma, FragA& a, const FragB& b,
+                                           FragC& c) {
   // A is either wgmma shared-memory descriptors or a register fragment (P).
   constexpr bool kARegisters =
       !std::is_same_v<typename FragA::iterator, cute::GMMA::DescriptorIterator>;
@@ -132,9 +133,13 @@ __device__ __forceinline__ void warpgroup_gemm(TiledMma& tiled_mma, FragA& a, co
     tiled_mma.accumulate_ = cute::GMMA::ScaleOut::One;
   }
   cute::warpgroup_commit_batch();
-  cute::warpgroup_wait<0>();
-  cute::warpgroup_fence_operand(c);
-  if constexpr (kARegisters) cute::warpgroup_fence_operand(a);
+}
+
+// Keeps the compiler from moving register reads or writes of a wgmma operand across the
+// wgmma.wait that retires it (the wait itself names no registers).
+template <typename Frag>
+__device__ __forceinline__ void fence_gemm_operand(Frag& frag) {
+  cute::warpgroup_fence_operand(frag);
 }
 
 // Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring.
@@ -175,7 +180,106 @@ __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
   cp_async_wait_all();
 }
 
+// The online-softmax state of this thread's two rows of a work item (wgmma accumulator layout,
+// see consume) in base-2 units: m = max logit, d = this thread's part of the row sum (the quad
+// sharing the row adds its parts at the end).
+struct ThreadRows {
+  int q_pos[2];
+  int first_key[2], last_key[2];  // visible keys: [first_key, last_key]
+  float slope[2];
+  float m[2], d[2];
+
+  __device__ __forceinline__ void init(const AttentionVariant& variant, const WorkItem& item,
+                                       int row0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + 8 * h;
+      const bool valid = row < item.rows;
+      q_pos[h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
+      variant.visible_keys(q_pos[h], item.kv_hi, first_key[h], last_key[h]);
+      slope[h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
+      m[h] = kNegInf;
+      d[h] = 0.f;
+    }
+  }
+
+  // Turns S (dot products of the tile starting at key tile_lo; element e + 2 h + 4 j is row h,
+  // key tile_lo + 8 j + 2 quad_lane + e) into unnormalized probabilities 2^(logit - m) in
+  // place, updates m and d, and returns in `rescale` the factor for the output accumulated so
+  // far. Without a logit transform S stays the raw dot product and the scale to base-2 logits
+  // rides in the exponent's FFMA (s_to_log2); with one, S becomes base-2 logits first.
+  template <int TILE_KV, typename FragS>
+  __device__ __forceinline__ void softmax(FragS& s, int tile_lo, const AttentionVariant& variant,
+                                          const WorkItem& item, bool transforms, float s_to_log2,
+                                          int quad_lane, float (&rescale)[2]) {
+    constexpr int kBlocks = TILE_KV / 8;
+    if (transforms) {
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
+            float& x = s(e + 2 * h + 4 * j);
+            x = variant.logit_log2(x, slope[h], kv_pos - q_pos[h]);
+          }
+        }
+      }
+    }
+    // Masks are taken per tile, not per element, so that the common tile (every row sees
+    // every key) is straight-line exp2 code.
+    const bool whole_tile =
+        tile_lo + TILE_KV <= item.kv_hi &&
+        variant.sees_whole_tile(item.q_pos_first, item.q_pos_last, tile_lo, tile_lo + TILE_KV);
+    if (!whole_tile) {
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
+            float& x = s(e + 2 * h + 4 * j);
+            x = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : x;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float row_max = kNegInf;
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+        row_max = fmaxf(row_max, fmaxf(s(2 * h + 4 * j), s(1 + 2 * h + 4 * j)));
+      }
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+      // s_to_log2 > 0 keeps the order (and -inf), so this is the max base-2 logit.
+      const float m_new = fmaxf(m[h], row_max * s_to_log2);
+      // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
+      const float base = m_new == kNegInf ? 0.f : m_new;
+      rescale[h] = fast_exp2(m[h] - base);
+      d[h] *= rescale[h];
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s(e + 2 * h + 4 * j);
+          x = fast_exp2(fmaf(x, s_to_log2, -base));
+          d[h] += x;
+        }
+      }
+      m[h] = m_new;
+    }
+  }
+};
+
 // Consumer warpgroup `wg`: rows [64 wg, 64 wg + 64) of each of the CTA's work items.
+// Per KV tile t (intra-warpgroup overlap, FlashAttention-3 section 3.2): issue S_t = Q K_t^T
+// and O += P_{t-1} V_{t-1} back to back, run the softmax of S_t while the tensor cores still
+// work on P_{t-1} V_{t-1}, then rescale O and turn S_t into P_t once that product retired.
+// Tile t-1's stage is released after its P V retired.
 template <typename T, typename Config>
 __device__ __forceinline__ void consume(const BatchAttentionParams& p,
                                        const AttentionVariant& variant,
@@ -185,7 +289,6 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   constexpr int D = Config::kHeadDim;
   constexpr int kTileKv = Config::kTileKv;
   constexpr int kChunksPerRow = D / 8;
-  constexpr int kBlocksS = kTileKv / 8;  // 8-column blocks of S per thread row
   constexpr int kBlocksO = D / 8;
   using Element = typename Config::Element;
 
@@ -196,7 +299,8 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   // 16 * warp + lane / 4 + 8 * h (h = 0, 1) and columns 8 * j + 2 * (lane % 4) + e (e = 0, 1)
   // at flat register index e + 2 * h + 4 * j.
   const int thread_row0 = wg * kWarpgroupRows + 16 * (thread / 32) + lane / 4;  // in the item
-  const int barrier_id = 1 + wg;  // named barrier of this warpgroup (0 is __syncthreads)
+  // Named barrier of this warpgroup (NamedBarrier numbers them past CUTLASS's reserved ids).
+  const int barrier_id = wg;
 
   Tensor q_tile = make_tensor(make_smem_ptr(smem.q[wg]), typename Config::SmemLayoutQ{});
   Tensor k_tiles = make_tensor(make_smem_ptr(smem.k), typename Config::SmemLayoutKv{});
@@ -215,12 +319,10 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   // with key 8 j + 2 (lane % 4) + e), so P is S converted element by element.
   Tensor p_frag =
       make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{}));
-  static_assert(size(s_acc) == 4 * kBlocksS && size(o_acc) == 4 * kBlocksO &&
+  static_assert(size(s_acc) == kTileKv / 2 && size(o_acc) == D / 2 &&
                     size(p_frag) == size(s_acc),
                 "accumulator fragments as described above");
 
-  // Without a logit transform S stays the raw dot product and the scale to base-2 logits
-  // rides in the exponent's FFMA; with one, S becomes base-2 logits first.
   const bool transforms = variant.transforms_logits();
   const float s_to_log2 = transforms ? 1.f : variant.params.sm_scale * kLog2e;
 
@@ -251,108 +353,64 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
       cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
     }
 
-    int q_pos[2], first_key[2], last_key[2];
-    float slope[2], m[2], d[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = thread_row0 + 8 * h;
-      const bool valid = row < item.rows;
-      q_pos[h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
-      variant.visible_keys(q_pos[h], item.kv_hi, first_key[h], last_key[h]);
-      slope[h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
-      m[h] = kNegInf;
-      d[h] = 0.f;
-    }
+    ThreadRows rows;
+    rows.init(variant, item, thread_row0);
     clear(o_acc);
 
-    for (int tile_lo = item.kv_lo; tile_lo < item.kv_hi; tile_lo += kTileKv) {
+    const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
+    RingPosition<Config::kStages> previous = at;  // the stage of tile t - 1
+    for (int t = 0; t < num_tiles; ++t) {
       smem.ring.consumer_wait(at);
       if (has_rows) {
-        warpgroup_gemm<true>(mma_qk, frag_q, frag_k(_, _, _, at.stage), s_acc);
-
-        if (transforms) {
-#pragma unroll
-          for (int j = 0; j < kBlocksS; ++j) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
-                float& s = s_acc(e + 2 * h + 4 * j);
-                s = variant.logit_log2(s, slope[h], kv_pos - q_pos[h]);
-              }
-            }
-          }
+        issue_gemm<true>(mma_qk, frag_q, frag_k(_, _, _, at.stage), s_acc);
+        if (t > 0) {
+          issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, previous.stage), o_acc);
+          warpgroup_wait<1>();  // S_t is ready; P_{t-1} V_{t-1} may still run
+        } else {
+          warpgroup_wait<0>();
         }
-        const bool whole_tile =
-            tile_lo + kTileKv <= item.kv_hi &&
-            variant.sees_whole_tile(item.q_pos_first, item.q_pos_last, tile_lo,
-                                    tile_lo + kTileKv);
-        if (!whole_tile) {
+        fence_gemm_operand(s_acc);
+        float rescale[2];
+        rows.softmax<kTileKv>(s_acc, item.kv_lo + t * kTileKv, variant, item, transforms,
+                              s_to_log2, quad_lane, rescale);
+        // Pins the softmax before the wait below; without it the compiler hoists the wait
+        // (it sees no dependence) and the overlap is gone.
+        fence_gemm_operand(s_acc);
+        warpgroup_wait<0>();
+        fence_gemm_operand(o_acc);
+        fence_gemm_operand(p_frag);
 #pragma unroll
-          for (int j = 0; j < kBlocksS; ++j) {
+        for (int j = 0; j < kBlocksO; ++j) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
-                float& s = s_acc(e + 2 * h + 4 * j);
-                s = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : s;
-              }
-            }
-          }
-        }
-
-        // Online softmax: new row max (over the quad that shares the row), rescale the
-        // running state, P = 2^(S - max).
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float row_max = kNegInf;
-#pragma unroll
-          for (int j = 0; j < kBlocksS; ++j) {
-            row_max = fmaxf(row_max, fmaxf(s_acc(2 * h + 4 * j), s_acc(1 + 2 * h + 4 * j)));
-          }
-          row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-          row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-          const float m_new = fmaxf(m[h], row_max * s_to_log2);
-          // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
-          const float base = m_new == kNegInf ? 0.f : m_new;
-          const float rescale = fast_exp2(m[h] - base);
-          d[h] *= rescale;
-#pragma unroll
-          for (int j = 0; j < kBlocksO; ++j) {
-            o_acc(2 * h + 4 * j) *= rescale;
-            o_acc(1 + 2 * h + 4 * j) *= rescale;
-          }
-#pragma unroll
-          for (int j = 0; j < kBlocksS; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float& s = s_acc(e + 2 * h + 4 * j);
-              s = fast_exp2(fmaf(s, s_to_log2, -base));
-              d[h] += s;
-            }
-          }
-          m[h] = m_new;
+          for (int i = 0; i < 4; ++i) o_acc(i + 4 * j) *= rescale[i / 2];
         }
 #pragma unroll
         for (int i = 0; i < size(s_acc); ++i) p_frag(i) = static_cast<Element>(s_acc(i));
-
-        warpgroup_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, at.stage), o_acc);
       }
-      smem.ring.consumer_release(at);
+      if (t > 0) smem.ring.consumer_release(previous);
+      previous = at;
       at.advance();
+    }
+    if (num_tiles > 0) {
+      if (has_rows) {
+        issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, previous.stage), o_acc);
+        warpgroup_wait<0>();
+        fence_gemm_operand(o_acc);
+        fence_gemm_operand(p_frag);
+      }
+      smem.ring.consumer_release(previous);
     }
 
     if (has_rows) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        d[h] += __shfl_xor_sync(0xffffffffu, d[h], 1);
-        d[h] += __shfl_xor_sync(0xffffffffu, d[h], 2);
+        float d = rows.d[h];
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
         const int row = thread_row0 + 8 * h;
         if (row >= item.rows) continue;
-        const float inv_d = d[h] > 0.f ? 1.f / d[h] : 0.f;
-        const float lse_log2 = d[h] > 0.f ? m[h] + log2f(d[h]) : kNegInf;
+        const float inv_d = d > 0.f ? 1.f / d : 0.f;
+        const float lse_log2 = d > 0.f ? rows.m[h] + log2f(d) : kNegInf;
         const RowWriter<T, D> writer(p, item, row, lse_log2);
 #pragma unroll
         for (int j = 0; j < kBlocksO; ++j) {
