@@ -94,10 +94,23 @@ def resolve_kernel_family(requested: str, *, capability: tuple[int, int], sm90_b
     return "sm90" if use_sm90 else "sm80"
 
 
+def _requested_family(family: str | None) -> str:
+    family = family if family is not None else os.environ.get(KERNEL_FAMILY_ENV, "auto")
+    _check_family(family)
+    return family
+
+
+def _device_family(requested: str, dtype: torch.dtype, head_dim: int,
+                   device: torch.device | str) -> str:
+    return resolve_kernel_family(requested, capability=torch.cuda.get_device_capability(device),
+                                 sm90_built=_sm90_built(),
+                                 sm90_supports=_sm90_supports(dtype, head_dim))
+
+
 def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = "cuda",
-                family: str = "sm80") -> int:
-    """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel of
-    `family`, "sm80" or "sm90"): a planner's `num_ctas` is best
+                family: str | None = None) -> int:
+    """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel of the
+    family BatchAttention(..., family) runs there): a planner's `num_ctas` is best
     `multiprocessor_count * ctas_per_sm(...)`."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {_dtype_name(dtype)} is not supported; supported: "
@@ -105,10 +118,9 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim {head_dim} is not supported; supported: "
                          f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
-    if family not in ("sm80", "sm90"):
-        raise ValueError(f"kernel family {family!r} is not supported here; supported: sm80, sm90")
+    requested = _requested_family(family)
     with torch.cuda.device(device):
-        if family == "sm90":
+        if _device_family(requested, dtype, head_dim, device) == "sm90":
             return _C.batch_attention_sm90_ctas_per_sm(dtype=_dtype_name(dtype),
                                                        head_dim=head_dim)
         return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
@@ -146,9 +158,7 @@ class BatchAttention:
         if planner.head_dim not in SUPPORTED_HEAD_DIMS:
             raise ValueError(f"head_dim {planner.head_dim} is not supported; supported: "
                              f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
-        family = family if family is not None else os.environ.get(KERNEL_FAMILY_ENV, "auto")
-        _check_family(family)
-        self.family = family
+        self.family = _requested_family(family)
         self._family_by_dtype: dict[torch.dtype, str] = {}
         if _C.BATCH_ATTENTION_MAX_TILE_ROWS != MAX_TILE_ROWS:
             raise RuntimeError(
@@ -172,10 +182,8 @@ class BatchAttention:
     def kernel_family(self, dtype: torch.dtype) -> str:
         """The family ("sm80" or "sm90") that runs q of `dtype` on this device."""
         if dtype not in self._family_by_dtype:
-            self._family_by_dtype[dtype] = resolve_kernel_family(
-                self.family, capability=torch.cuda.get_device_capability(self.device),
-                sm90_built=_sm90_built(),
-                sm90_supports=_sm90_supports(dtype, self.planner.head_dim))
+            self._family_by_dtype[dtype] = _device_family(self.family, dtype,
+                                                          self.planner.head_dim, self.device)
         return self._family_by_dtype[dtype]
 
     def plan(self, qo_indptr_host, kv_len_host, variant: AttentionVariant) -> Plan:
