@@ -60,69 +60,107 @@ def write_tiny(config: str, out_dir: Path, **kwargs) -> Path:
 # Loaded by vLLM's model classes
 
 
-@pytest.fixture(scope="module")
-def vllm_cpu(tmp_path_factory):
-    """vLLM's front end on its CPU platform, a world of one process (gloo), as a vLLM
-    worker sets up before it builds a model."""
-    pytest.importorskip("vllm")  # guard only: CI installs vllm, so these tests run there
+def use_vllm_cpu_platform() -> None:
+    """vLLM's front end on its CPU platform where there is no GPU (before vLLM's config
+    modules bind `current_platform`)."""
     import vllm.platforms
 
     if vllm.platforms.current_platform.device_type == "":
         from vllm.platforms.cpu import CpuPlatform
 
         vllm.platforms.current_platform = CpuPlatform()
+
+
+def start_world(rank: int, world_size: int, init_file: Path) -> None:
+    """The process group a vLLM worker sets up before it builds a model (gloo on the CPU)."""
     from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import parallel_state
+
+    with set_current_vllm_config(VllmConfig()):
+        parallel_state.init_distributed_environment(
+            world_size=world_size, rank=rank, local_rank=rank, backend="gloo",
+            distributed_init_method=f"file://{init_file}")
+        parallel_state.initialize_model_parallel(world_size, 1)
+
+
+@pytest.fixture(scope="module")
+def vllm_cpu(tmp_path_factory):
+    """vLLM on its CPU platform in a world of one process."""
+    pytest.importorskip("vllm")  # guard only: CI installs vllm, so these tests run there
+    use_vllm_cpu_platform()
     from vllm.distributed import parallel_state
 
     started = not parallel_state.model_parallel_is_initialized()
     if started:
-        init_file = tmp_path_factory.mktemp("dist") / "init"
-        with set_current_vllm_config(VllmConfig()):
-            parallel_state.init_distributed_environment(
-                world_size=1, rank=0, local_rank=0, backend="gloo",
-                distributed_init_method=f"file://{init_file}")
-            parallel_state.initialize_model_parallel(1, 1)
+        start_world(0, 1, tmp_path_factory.mktemp("dist") / "init")
     yield
     if started:
         parallel_state.destroy_model_parallel()
         parallel_state.destroy_distributed_environment()
 
 
-def load_with_vllm(checkpoint: Path, monkeypatch) -> dict[str, torch.Tensor]:
-    """vLLM's model class for the checkpoint's config, filled by vLLM's safetensors loader
-    (which raises on any parameter left unfilled); its parameters by name."""
+def no_compiled_activations():
+    """The activation layers bind vLLM's compiled op at construction on CPU and CUDA
+    platforms; this CUDA build's op library needs a driver, and forward never runs here.
+    Returns (module, attribute, stand-in platform) for the caller to patch."""
     import vllm.model_executor.layers.activation as activation
+    from vllm.platforms.interface import UnspecifiedPlatform
+
+    return activation, "current_platform", UnspecifiedPlatform()
+
+
+def vllm_parameters(checkpoint: Path, tensor_parallel_size: int = 1) -> dict:
+    """vLLM's model class for the checkpoint's config (this process's TP rank), filled by
+    vLLM's safetensors loader (which raises on any parameter left unfilled); its
+    parameters by name."""
     from vllm.config import set_current_vllm_config
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.model_loader import get_model_loader
     from vllm.model_executor.model_loader.utils import initialize_model
-    from vllm.platforms.interface import UnspecifiedPlatform
 
-    # The activation layers bind vLLM's compiled op at construction on CPU and CUDA
-    # platforms; this CUDA build's op library needs a driver, and forward never runs here.
-    monkeypatch.setattr(activation, "current_platform", UnspecifiedPlatform())
     config = EngineArgs(model=str(checkpoint), load_format="safetensors",
-                        skip_tokenizer_init=True, max_model_len=256,
-                        dtype="float32").create_engine_config()
+                        skip_tokenizer_init=True, max_model_len=256, dtype="float32",
+                        tensor_parallel_size=tensor_parallel_size,
+                        distributed_executor_backend="mp").create_engine_config()
     with set_current_vllm_config(config), torch.device("cpu"):
         model = initialize_model(vllm_config=config)
         get_model_loader(config.load_config).load_weights(model, config.model_config)
-    return dict(model.named_parameters())
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def load_at_tp2_rank(rank: int, checkpoint: Path, init_file: Path, out_dir: Path) -> None:
+    """One of two spawned processes: rank `rank` of a TP-2 model, saved to out_dir."""
+    use_vllm_cpu_platform()
+    start_world(rank, 2, init_file)
+    module, attribute, stand_in = no_compiled_activations()
+    setattr(module, attribute, stand_in)
+    torch.save(vllm_parameters(checkpoint, tensor_parallel_size=2),
+               out_dir / f"rank{rank}.pt")
 
 
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+ROW_PARALLEL = ("o_proj", "down_proj")   # their input dim is split across TP ranks
 
 
-def expected_from_checkpoint(vllm_name: str, checkpoint: dict, used: set) -> torch.Tensor:
-    """What vLLM's parameter must hold: the checkpoint tensor of the same name, or the
-    concatenation of the Hugging Face tensors vLLM fuses (in vLLM's shard order)."""
+def expected_from_checkpoint(vllm_name: str, checkpoint: dict, used: set, rank: int = 0,
+                             world_size: int = 1) -> torch.Tensor:
+    """What TP rank `rank` of `world_size` must hold in vLLM's parameter: the checkpoint
+    tensors it comes from (several for vLLM's fused projections, in vLLM's order), each cut
+    to the rank's block: rows for column-parallel layers and embeddings (whose vocabulary
+    is a multiple of 64 here, so vLLM pads nothing), columns for row-parallel ones, norms
+    whole."""
+    def block(name: str) -> torch.Tensor:
+        used.add(name)
+        tensor = checkpoint[name]
+        if "norm" in name:
+            return tensor
+        return tensor.chunk(world_size, -1 if name.split(".")[-2] in ROW_PARALLEL
+                            else 0)[rank]
+
     for fused, parts in FUSED.items():
         if f".{fused}." in vllm_name:
-            names = [vllm_name.replace(fused, part) for part in parts]
-            used.update(names)
-            return torch.cat([checkpoint[name] for name in names])
-    used.add(vllm_name)
-    return checkpoint[vllm_name]
+            return torch.cat([block(vllm_name.replace(fused, part)) for part in parts])
+    return block(vllm_name)
 
 
 @needs_safetensors
@@ -136,13 +174,39 @@ def test_vllm_loads_every_parameter_from_the_checkpoint(config, shard_bytes, tmp
     checkpoint = read_checkpoint(checkpoint_dir)
     assert (checkpoint_dir / "model.safetensors.index.json").exists() == bool(shard_bytes)
 
-    parameters = load_with_vllm(checkpoint_dir, monkeypatch)
+    monkeypatch.setattr(*no_compiled_activations())
+    parameters = vllm_parameters(checkpoint_dir)
     used = set()
     for name, parameter in parameters.items():
         expected = expected_from_checkpoint(name, checkpoint, used)
         assert parameter.shape == expected.shape, name
-        assert torch.equal(parameter.detach(), expected), name
+        assert torch.equal(parameter, expected), name
     assert used == set(checkpoint), "checkpoint tensors vLLM does not load"
+
+
+@needs_safetensors
+def test_each_tp2_rank_holds_its_block_of_the_full_tensors(tmp_path):
+    """Why the TP check loads a checkpoint: at TP 2 each rank's slice of every weight is
+    cut from the same full tensor, so TP 1 and TP 2 run one network. Two processes (gloo);
+    Qwen2 for its q/k/v biases, GQA 7 and untied lm_head."""
+    pytest.importorskip("vllm")
+    import torch.multiprocessing
+
+    overrides = dict(TINY["qwen2_5_7b"], hidden_size=448, num_attention_heads=14,
+                     num_key_value_heads=2)   # 7 query heads and 1 KV head per rank
+    checkpoint_dir = write_checkpoint(CONFIGS / "qwen2_5_7b", tmp_path / "ckpt", overrides,
+                                      dtype_name="float32", log=lambda line: None)
+    torch.multiprocessing.spawn(load_at_tp2_rank, nprocs=2,
+                                args=(checkpoint_dir, tmp_path / "init", tmp_path))
+    checkpoint = read_checkpoint(checkpoint_dir)
+    for rank in range(2):
+        parameters = torch.load(tmp_path / f"rank{rank}.pt")
+        used = set()
+        for name, parameter in parameters.items():
+            expected = expected_from_checkpoint(name, checkpoint, used, rank, 2)
+            assert parameter.shape == expected.shape, (rank, name)
+            assert torch.equal(parameter, expected), (rank, name)
+        assert used == set(checkpoint)
 
 
 def test_tied_embeddings_follow_the_config(tmp_path):
