@@ -4,7 +4,8 @@ and the GPU script's own logic (tests/e2e_vllm_compare.py), on the CPU.
 The checkpoint is loaded by the real vllm 0.26 into vLLM's own model classes (Llama,
 Mistral, Qwen2, Gemma-2 at tiny shapes, built on the CPU) with vLLM's safetensors loader,
 whose strict check fails on any parameter the checkpoint does not fill; every loaded
-parameter is then compared with the checkpoint tensors it must come from.
+parameter is then compared with the checkpoint tensors it must come from, at TP 1 and, in
+two processes, at TP 2 (each rank's block of the same full tensors).
 """
 
 from __future__ import annotations
