@@ -210,7 +210,7 @@ def run_job(job: Job) -> None:
         # per generated position: the top-k tokens and their logprobs (JSON keys are text)
         "greedy_topk": [[{str(t): lp.logprob for t, lp in position.items()}
                          for position in out.outputs[0].logprobs] for out in greedy]}))
-    partial_path.rename(job.out_path)  # complete results or none: the parent may kill a hung exit
+    partial_path.rename(job.out_path)  # all results or none: the parent may kill a hung exit
 
 
 def child_env() -> dict:
@@ -265,6 +265,7 @@ def run_in_subprocess(job: Job, timeout_s: float) -> dict:
     raises RuntimeError with the log's tail if it produced no results."""
     label = f"{job.case}: {job.backend} tp{job.tensor_parallel_size}"
     log_path = Path(job.out_path).with_suffix(".log")
+    Path(job.out_path).unlink(missing_ok=True)  # a result from an earlier run in --save-dir
     progress(f"{label}: starting (log {log_path})")
     start = time.perf_counter()
     status = run_child([sys.executable, __file__, "--job", json.dumps(asdict(job))],

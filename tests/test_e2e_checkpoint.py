@@ -475,6 +475,9 @@ def test_a_failed_engine_run_fails_its_comparison(tmp_path, monkeypatch, capsys)
         return 1
 
     monkeypatch.setattr(e2e_vllm_compare, "run_child", no_engine)
+    stale = run_result([[1]], [[{"1": -0.1}]])   # an earlier run's result is not reused
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "llama3_8b-FLASH_ATTN-tp1.json").write_text(json.dumps(stale))
     out = tmp_path / "summary.json"
     status = e2e_vllm_compare.main(["--configs", "llama3_8b", "--save-dir",
                                     str(tmp_path / "runs"), "--out", str(out)])
