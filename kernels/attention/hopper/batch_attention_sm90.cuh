@@ -12,7 +12,8 @@
 //              wgmma), then per KV tile: S = Q K^T (wgmma, both operands in shared memory),
 //              masking and online softmax in registers (base 2, FlashAttention-2 algorithm 1),
 //              O += P V (wgmma with P from registers and V read MN-major from the same tile
-//              K-major loads wrote), and finally writes its rows through RowWriter.
+//              K-major loads wrote), and finally writes its rows through RowWriter. The
+//              softmax of tile t runs while the tensor cores do P_{t-1} V_{t-1} (see consume).
 // Every consumer walks every KV tile of every item (the ring needs all of them to release
 // each stage), but a warpgroup with no rows in the item (a decode item of <= 64 rows leaves
 // the second one idle) skips the math.
