@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip KV 32768 decode cells at "
                         "batch >= 64 and the (1, 16384) prefill")
     parser.add_argument("--no-compare", action="store_true", help="time only fi_backend")
+    parser.add_argument("--family", choices=("sm80", "sm90"), default="sm80",
+                        help="fi_backend kernel family to time: the portable sm80 kernels or "
+                        "the Hopper sm90a ones (default: sm80)")
     parser.add_argument("--cases", default="", help="comma-separated substrings: run only the "
                         "cases whose 'kind case' contains one (e.g. 'prefill 1 x 4096')")
     args = parser.parse_args()
@@ -222,11 +225,11 @@ def main() -> None:
     decode_cells = [(b, kv) for b in DECODE_BATCHES for kv in DECODE_KV_LENS
                     if not (args.quick and b >= 64 and kv == 32768)]
     prefill_cells = [c for c in PREFILL_CELLS if not (args.quick and c == (1, 16384))]
-    num_ctas = props.multi_processor_count * ctas_per_sm(DTYPE, HEAD_DIM)
+    num_ctas = props.multi_processor_count * ctas_per_sm(DTYPE, HEAD_DIM, family=args.family)
     planner = Planner(max_requests=256, max_batched_tokens=16384, max_model_len=32768,
                       num_qo_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
                       page_size=PAGE_SIZE, num_ctas=num_ctas, device="cuda")
-    attention = BatchAttention(planner)
+    attention = BatchAttention(planner, family=args.family)
     others = comparisons(not args.no_compare)
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     kv_token_bytes = 2 * NUM_KV_HEADS * HEAD_DIM * DTYPE.itemsize
@@ -270,6 +273,7 @@ def main() -> None:
     print("\n" + table(results))
     args.out.write_text(json.dumps({
         "device": props.name, "sms": props.multi_processor_count, "num_ctas": num_ctas,
+        "family": args.family,
         "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": results}, indent=1))
 
 

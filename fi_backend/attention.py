@@ -32,7 +32,7 @@ from fi_backend._checks import (
     check_vector_aligned,
 )
 from fi_backend.metadata.block_sparse import BlockSparseKV
-from fi_backend.metadata.plan_layout import MAX_TILE_ROWS
+from fi_backend.metadata.plan_layout import DECODE_TILE_ROWS, MAX_TILE_ROWS
 from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
 
@@ -152,13 +152,21 @@ class BatchAttention:
     MAX_TILE_ROWS)` natural-log LSEs.
 
     `family`: "auto", "sm80" or "sm90" (see resolve_kernel_family); None reads
-    FI_BACKEND_KERNEL_FAMILY, default "auto"."""
+    FI_BACKEND_KERNEL_FAMILY, default "auto".
 
-    def __init__(self, planner: Planner, family: str | None = None) -> None:
+    `decode_kernel`: the portable family runs plans whose items all have at most
+    DECODE_TILE_ROWS rows (decode batches) on a kernel compiled for decode tiles alone, which
+    is faster there. That kernel runs any plan correctly, but prefill tiles only 16 rows at a
+    time; turn it off when a CUDA graph captured on a decode batch may be replayed on a batch
+    with prefills (vLLM's FULL graph mode for mixed batches)."""
+
+    def __init__(self, planner: Planner, family: str | None = None,
+                 decode_kernel: bool = True) -> None:
         if planner.head_dim not in SUPPORTED_HEAD_DIMS:
             raise ValueError(f"head_dim {planner.head_dim} is not supported; supported: "
                              f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
         self.family = _requested_family(family)
+        self.decode_kernel = decode_kernel
         self._family_by_dtype: dict[torch.dtype, str] = {}
         if _C.BATCH_ATTENTION_MAX_TILE_ROWS != MAX_TILE_ROWS:
             raise RuntimeError(
@@ -276,8 +284,13 @@ class BatchAttention:
         lse = (torch.empty(q.shape[:2], dtype=torch.float32, device=self.device)
                if return_lse else None)
 
-        launch = (_C.batch_attention_sm90 if self.kernel_family(q.dtype) == "sm90"
-                  else _C.batch_attention)
+        if self.kernel_family(q.dtype) == "sm90":
+            launch = _C.batch_attention_sm90
+            kernel_options = {}
+        else:
+            launch = _C.batch_attention
+            kernel_options = {"prefill_tiles": not (self.decode_kernel
+                                                    and plan.max_item_rows <= DECODE_TILE_ROWS)}
         with torch.cuda.device(self.device):
             launch(
                 dtype=_dtype_name(q.dtype), head_dim=head_dim,
@@ -303,6 +316,7 @@ class BatchAttention:
                               if variant.alibi_slopes is not None else 0),
                 sinks=variant.sinks.data_ptr() if variant.sinks is not None else 0,
                 stream=torch.cuda.current_stream(self.device).cuda_stream,
+                **kernel_options,
             )
         return (o, lse) if return_lse else o
 

@@ -148,7 +148,8 @@ def hand_plan(layout: PlanLayout, qo_indptr_host, kv_len_host, num_kv_heads, gro
     for field, name in enumerate(names):
         buffer[offsets[name]:offsets[name] + len(merges)] = [m[field] for m in merges]
     return SimpleNamespace(buffer=torch.from_numpy(buffer).cuda(), layout=layout,
-                           num_work_items=len(items), num_merge_items=len(merges))
+                           num_work_items=len(items), num_merge_items=len(merges),
+                           max_item_rows=max((item[3] for item in items), default=0) * group)
 
 
 def make_planner(num_qo_heads, num_kv_heads, head_dim, page_size, dtype, q_lens, kv_lens,
@@ -195,7 +196,7 @@ def run_and_check(batch, variant, attention, plan, dtype, kv_len_host=None):
 def check_batch(q_lens, kv_lens, *, num_qo_heads=32, num_kv_heads=8, head_dim=128,
                 page_size=16, dtype=torch.bfloat16, layout="vllm_packed", variant="causal",
                 plan_kind="planner", seed=0, num_padded_tokens=0, kv_len_slack=0,
-                chunks=lambda i: 1 + i % 3):
+                chunks=lambda i: 1 + i % 3, decode_kernel_only=False):
     batch = make_batch(q_lens, kv_lens, num_qo_heads, num_kv_heads, head_dim, page_size, dtype,
                        layout, seed, num_padded_tokens)
     var = make_variant(variant, num_qo_heads, seed + 1)
@@ -210,6 +211,13 @@ def check_batch(q_lens, kv_lens, *, num_qo_heads=32, num_kv_heads=8, head_dim=12
         layout = hand_layout(planner.layout, q_lens, num_kv_heads, group)
         plan = hand_plan(layout, batch.qo_indptr_host, kv_len_plan, num_kv_heads, group, chunks)
         attention = BatchAttention(_with_layout(planner, layout))
+    if decode_kernel_only:
+        # The plan as a decode batch's plan looks: the portable family then runs the kernel
+        # built without prefill tiles, as a CUDA graph captured on a decode batch does when
+        # it is replayed on a mixed one.
+        plan = SimpleNamespace(buffer=plan.buffer, layout=plan.layout,
+                               num_work_items=plan.num_work_items,
+                               num_merge_items=plan.num_merge_items, max_item_rows=0)
     return run_and_check(batch, var, attention, plan, dtype)
 
 
@@ -286,6 +294,12 @@ def test_skewed_decode_batch_splits():
     kv_lens = [8192] + [100 + 37 * i for i in range(23)]
     check_batch(q_lens, kv_lens, variant="sinks", seed=5)
     check_batch(q_lens, kv_lens, variant="causal", plan_kind="hand", chunks=lambda i: 3, seed=6)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+def test_decode_kernel_runs_prefill_items(head_dim):
+    check_batch([1, 40, 200, 1], [300, 40, 700, 2000], head_dim=head_dim, variant="all",
+                decode_kernel_only=True, seed=21)
 
 
 def test_long_single_decode_and_prefill():

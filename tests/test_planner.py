@@ -143,7 +143,7 @@ def test_split_tiles_are_merged_from_consecutive_slots():
 
 
 def test_decode_requests_are_one_small_tile_and_prefill_tiles_are_full():
-    planner = make_planner(num_qo_heads=32, num_kv_heads=8)   # group 4: 16 tokens a tile
+    planner = make_planner(num_qo_heads=32, num_kv_heads=8)   # group 4: 32 tokens a tile
     q_lens = [1, 4, 300, 1]
     plan = planner.plan(indptr_of(q_lens), np.array([900, 900, 900, 50], np.int32),
                         AttentionVariant())
@@ -164,12 +164,12 @@ def test_decode_requests_are_one_small_tile_and_prefill_tiles_are_full():
 
 def test_causal_and_window_shorten_each_tiles_kv_range():
     planner = make_planner(num_qo_heads=8, num_kv_heads=8, num_ctas=1, kv_len_slack=5)
-    q_lens, kv_upper = [128], np.array([1000], np.int32)
+    q_lens, kv_upper = [256], np.array([1000], np.int32)
     plan = planner.plan(indptr_of(q_lens), kv_upper, AttentionVariant(causal=True,
                                                                        window_left=100))
-    # group 1: 64-token tiles; queries at 872..999 (upper bound), 867.. (exact >= 995).
-    np.testing.assert_array_equal(plan.section("work_kv_end")[:2], [936, 1000])
-    np.testing.assert_array_equal(plan.section("work_kv_start")[:2], [767, 831])
+    # group 1: 128-token tiles; queries at 744..999 (upper bound), 739.. (exact >= 995).
+    np.testing.assert_array_equal(plan.section("work_kv_end")[:2], [872, 1000])
+    np.testing.assert_array_equal(plan.section("work_kv_start")[:2], [639, 767])
 
 
 # --- balance -----------------------------------------------------------------------------
@@ -222,8 +222,9 @@ def test_capacity_for_engine_holds_the_worst_batches():
     planner = make_planner(8, 2, 5, max_requests=8, max_batched_tokens=100,
                            max_model_len=5000)
     assert planner.capacity == capacity
-    # 7 single-token requests + one of 93 tokens: 7 + ceil(93 / 16) = 13 tiles per KV head.
-    assert capacity.max_work_items == (7 + 5 + 1) * 2 + 4
+    # 7 single-token requests + one of 93 tokens: 7 + ceil(93 / 32) = 10 tiles per KV head,
+    # as many as 8 single-token requests + 92 tokens in whole tiles (8 + 2).
+    assert capacity.max_work_items == (7 + 3) * 2 + 4
     worst = [indptr_of([1] * 7 + [93]), indptr_of([100]), indptr_of([1] * 8)]
     for qo_indptr in worst:
         kv_lens = np.full(len(qo_indptr) - 1, 5000, np.int32)
@@ -269,8 +270,8 @@ def test_capacity_too_small_for_splits_is_refused():
 
 
 def test_unsupported_configurations_are_refused():
-    with pytest.raises(ValueError, match="group size 128"):
-        make_planner(num_qo_heads=128, num_kv_heads=1)
+    with pytest.raises(ValueError, match="group size 256"):
+        make_planner(num_qo_heads=256, num_kv_heads=1)
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
         make_planner(num_qo_heads=12, num_kv_heads=8)
     planner = make_planner()

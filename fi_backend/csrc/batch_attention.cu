@@ -48,8 +48,10 @@ void check_launch(const BatchAttentionLaunch& l) {
 template <typename T, int HEAD_DIM>
 void launch_typed(const BatchAttentionLaunch& l) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(l.stream);
-  constexpr int kSmemBytes = fi_kernels::AttentionSmem<T, HEAD_DIM>::kBytes;
-  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM>;
+  // Both kernels get the same shared memory, so that the plan's CTA count fits either.
+  constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM>();
+  auto* attention = l.prefill_tiles ? fi_kernels::batch_attention_kernel<T, HEAD_DIM, true>
+                                    : fi_kernels::batch_attention_kernel<T, HEAD_DIM, false>;
   // Raising the dynamic shared-memory limit is per device; repeating it is cheap and keeps
   // multi-device processes right.
   FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -93,8 +95,9 @@ namespace {
 
 template <typename T, int HEAD_DIM>
 int resident_ctas_typed() {
-  constexpr int kSmemBytes = fi_kernels::AttentionSmem<T, HEAD_DIM>::kBytes;
-  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM>;
+  constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM>();
+  // The kernel with prefill tiles uses at least the registers of the decode-only one.
+  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true>;
   FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      kSmemBytes));
   int ctas = 0;

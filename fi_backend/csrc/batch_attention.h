@@ -9,8 +9,8 @@
 
 namespace fi_backend {
 
-// head_dims compiled ahead of time (one attention and one merge kernel per dtype x head_dim;
-// variants are run-time flags).
+// head_dims compiled ahead of time (two attention kernels, with and without prefill tiles, and
+// one merge kernel per dtype x head_dim; variants are run-time flags).
 constexpr int kBatchAttentionHeadDims[] = {64, 128, 256};
 
 struct BatchAttentionLaunch {
@@ -19,6 +19,9 @@ struct BatchAttentionLaunch {
   fi_kernels::BatchAttentionParams params;
   int num_ctas;        // attention grid: the plan's fixed CTA count
   int num_merge_ctas;  // merge grid (fixed); 0 skips the merge launch (plans without splits)
+  // false: the plan has no work item of more than 16 rows (a decode batch); the kernel built
+  // without the prefill tile shape runs it (fewer registers, no spills in the decode loop).
+  bool prefill_tiles = true;
   std::uintptr_t stream;  // cudaStream_t
 };
 

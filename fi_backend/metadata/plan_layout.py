@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HEADER_LEN = 4
-MAX_TILE_ROWS = 64
+MAX_TILE_ROWS = 128
 """Rows (query tokens x GQA group) of one work item; the kernels' largest query tile."""
 
 DECODE_TILE_ROWS = 16

@@ -29,8 +29,8 @@ per row) and exponentiates R' logits. (a) is independent of R: at H100's ~300 FL
 of HBM bandwidth a KV token (4 * head_dim bytes) takes as long as the MMA work of ~300 rows,
 but prefill tiles find their KV mostly in L2 (the request's other tiles read the same pages),
 and softmax costs more than MMA per row; `kv_load_rows = 64` puts a KV token's load between
-the L2 and HBM figures, so a decode token costs 64 + 16 = 80 and a full 64-row prefill token
-128. The fixed overhead per item (loading the query tile, filling the K/V pipeline, writing
+the L2 and HBM figures, so a decode token costs 64 + 16 = 80 and a full 128-row prefill
+token 192. The fixed overhead per item (loading the query tile, filling the K/V pipeline, writing
 the output or a float32 partial state that the merge reads back) is worth about 32 KV tokens,
 i.e. ~1 us per item. The constants are engineering estimates, to be calibrated on the GPU;
 the policy below only needs costs to be proportional to time.
@@ -135,7 +135,7 @@ class Plan:
     overwritten by the next plan() of the same Planner."""
 
     __slots__ = ("buffer", "layout", "group_size", "num_work_items", "num_merge_items",
-                 "num_partial_slots", "_staging")
+                 "num_partial_slots", "_staging", "_max_item_rows")
 
     def __init__(self, buffer: torch.Tensor, layout: PlanLayout, group_size: int,
                  num_work_items: int, num_merge_items: int, num_partial_slots: int,
@@ -147,10 +147,20 @@ class Plan:
         self.num_merge_items = num_merge_items
         self.num_partial_slots = num_partial_slots
         self._staging = staging
+        self._max_item_rows: int | None = None
 
     @property
     def num_ctas(self) -> int:
         return self.layout.capacity.num_ctas
+
+    @property
+    def max_item_rows(self) -> int:
+        """Rows (query tokens x GQA group) of the plan's largest work item; 0 without items.
+        At most DECODE_TILE_ROWS means a decode batch (kernels pick their decode tiles)."""
+        if self._max_item_rows is None:
+            q_len = self.section("work_q_len")
+            self._max_item_rows = int(q_len.max()) * self.group_size if q_len.size else 0
+        return self._max_item_rows
 
     def section(self, name: str) -> np.ndarray:
         """int32 host view of the used prefix of section `name` (plan_layout.py)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
-from vllm.config import get_layers_from_vllm_config
+from vllm.config import CUDAGraphMode, get_layers_from_vllm_config
 from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
 from vllm.utils.math_utils import cdiv
 from vllm.v1.attention.backend import (
@@ -154,7 +154,11 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
             return {}
         from fi_backend.attention import BatchAttention
 
-        return {window_left: BatchAttention(planner)
+        # In FULL graph mode for mixed batches, a graph captured on a decode batch is replayed
+        # on batches with prefills: keep the kernel that tiles prefills at full size.
+        mixed_full_graphs = (self.vllm_config.compilation_config.cudagraph_mode.mixed_mode()
+                             == CUDAGraphMode.FULL)
+        return {window_left: BatchAttention(planner, decode_kernel=not mixed_full_graphs)
                 for window_left, planner in self.planners.items()}
 
     def build(self, common_prefix_len: int, common_attn_metadata: CommonAttentionMetadata,

@@ -5,12 +5,13 @@
 //   cta_work_indptr[c] .. cta_work_indptr[c+1]. An item is (request, KV head, query tile,
 //   KV chunk); its rows are the query tile's tokens x the GQA group (token-major), so the
 //   group's query heads share every K/V tile that is loaded. Two tile shapes, picked per item:
-//     prefill (rows > 16): 4 warps x 16 rows, each warp sweeps the whole KV tile;
+//     prefill (rows > 16): 4 warps x 32 rows (head_dim 256: 4 x 16 rows, run twice for a
+//       128-row item), each warp sweeps the whole KV tile, so no state crosses warps;
 //     decode (rows <= 16): 1 x 16 rows, the 4 warps split each KV tile and their softmax
 //       states are merged in shared memory at the end (FlashInfer's decode split).
-//   K/V tiles stream through a cp.async pipeline of kStages buffers, K and V in separate
-//   groups so that Q K^T starts before V has landed. Softmax is online, in registers
-//   (FlashAttention-2, algorithm 1), in base-2 units.
+//   K/V tiles stream through a cp.async pipeline of Shape::kStages buffers, K and V in
+//   separate groups so that Q K^T starts before V has landed. Softmax is online, in
+//   registers (FlashAttention-2, algorithm 1), in base-2 units.
 //   An item with partial_slot < 0 covers its rows' whole KV range: it writes the final output
 //   (sinks applied) and the LSE. Otherwise it writes the float32 normalized output and the
 //   natural-log LSE (no sink) to its partial slot.
@@ -25,45 +26,35 @@
 #include "attention/paged_kv.cuh"
 #include "attention/params.cuh"
 #include "attention/variant.cuh"
+#include "attention/work_item.cuh"
 #include "common/softmax_state.cuh"
 
 namespace fi_kernels {
 
 constexpr int kAttentionThreads = 128;
 constexpr int kAttentionWarps = kAttentionThreads / 32;
-constexpr int kStages = 3;
-constexpr int kStageTokens = 64;  // keys per K (or V) stage buffer
 constexpr int kDecodeMaxRows = 16;
 // -inf as a compile-time float (__int_as_float is not constexpr).
 constexpr float kNegInf = -__builtin_huge_valf();
 
-// Shared memory of the attention kernel: the Q tile, then kStages K and kStages V buffers.
-template <typename T, int HEAD_DIM>
-struct AttentionSmem {
-  static constexpr int kQElems = kMaxTileRows * HEAD_DIM;
-  static constexpr int kStageElems = kStageTokens * HEAD_DIM;
-  static constexpr int kBytes =
-      static_cast<int>(sizeof(T)) * (kQElems + 2 * kStages * kStageElems);
-
-  T* q;
-  T* k;
-  T* v;
-
-  __device__ __forceinline__ explicit AttentionSmem(std::uint8_t* base)
-      : q(reinterpret_cast<T*>(base)), k(q + kQElems), v(k + kStages * kStageElems) {}
-  __device__ __forceinline__ T* k_stage(int stage) const { return k + stage * kStageElems; }
-  __device__ __forceinline__ T* v_stage(int stage) const { return v + stage * kStageElems; }
-  // After the main loop the K/V buffers hold the decode path's per-warp softmax states.
-  __device__ __forceinline__ float* scratch() const { return reinterpret_cast<float*>(k); }
-};
+// 2^x in one MUFU instruction (inputs here are <= 0 or -inf; subnormal results flush to 0,
+// which is below bf16/fp16 resolution of the normalized output anyway).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // Tile shape: NUM_WARPS_Q warps of ROW_BLOCKS x 16 query rows each; each KV tile of TILE_KV
 // keys is split over NUM_WARPS_KV warps (warp w: row group w / NUM_WARPS_KV, key slice
-// w % NUM_WARPS_KV). A warp with 2 row blocks feeds every K/V fragment it loads from shared
-// memory to 2 MMAs, halving the ldmatrix traffic per MMA.
-template <int HEAD_DIM, int NUM_WARPS_Q, int NUM_WARPS_KV, int TILE_KV, int ROW_BLOCKS>
+// w % NUM_WARPS_KV); STAGES K (and V) tiles are in flight or in use at once. A warp with 2
+// row blocks feeds every K/V fragment it loads from shared memory to 2 MMAs, halving the
+// ldmatrix traffic per MMA.
+template <int HEAD_DIM, int NUM_WARPS_Q, int NUM_WARPS_KV, int TILE_KV, int ROW_BLOCKS,
+          int STAGES>
 struct TileShape {
   static_assert(NUM_WARPS_Q * NUM_WARPS_KV == kAttentionWarps, "all warps take part");
+  static_assert(STAGES >= 2, "the pipeline loads one tile while the previous one is used");
   static constexpr int kHeadDim = HEAD_DIM;
   static constexpr int kWarpsQ = NUM_WARPS_Q;
   static constexpr int kWarpsKv = NUM_WARPS_KV;
@@ -72,120 +63,80 @@ struct TileShape {
   static constexpr int kTileRows = NUM_WARPS_Q * kWarpRows;
   static constexpr int kTileKv = TILE_KV;
   static constexpr int kWarpKv = TILE_KV / NUM_WARPS_KV;  // keys per warp per tile
+  static constexpr int kStages = STAGES;
   static_assert(kWarpKv % 16 == 0, "P V consumes keys 16 at a time");
-  static_assert(TILE_KV <= kStageTokens, "a tile fits a stage buffer");
-  static_assert(kTileRows <= kMaxTileRows, "a tile fits the Q buffer");
+  static_assert(kTileRows <= kMaxTileRows, "a tile is at most a plan tile");
+  static_assert(kMaxTileRows % kTileRows == 0, "a plan tile is a whole number of tiles");
 };
 
-// head_dim 256 keeps one row block per warp: two would need 256 accumulator registers.
+// Prefill: 128 rows a tile (FlashAttention-2's 128 x 64), so each K/V tile loaded serves 32
+// query tokens of a GQA-4 group; 2 stages keep Q + K/V at 96 KB (2 CTAs per SM at head_dim
+// 128). head_dim 256 keeps one row block per warp: two would need 256 accumulator registers.
 template <int HEAD_DIM>
-using PrefillShape = std::conditional_t<(HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1>,
-                                        TileShape<HEAD_DIM, 2, 2, 64, 2>>;
+using PrefillShape =
+    std::conditional_t<(HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, 3>,
+                       TileShape<HEAD_DIM, 4, 1, (HEAD_DIM > 64 ? 32 : 64), 2, (HEAD_DIM > 64 ? 2 : 3)>>;
+// Decode: memory-bound, so 3 stages (2 tiles in flight while one is used).
 template <int HEAD_DIM>
-using DecodeShape = TileShape<HEAD_DIM, 1, 4, 64, 1>;
+using DecodeShape = TileShape<HEAD_DIM, 1, 4, 64, 1, 3>;
 
-// Where a work item reads and writes, with every length clamped by the exact device lengths.
-struct WorkItem {
-  int kv_head;
-  int group;         // query heads per KV head
-  int rows;          // query tokens x group
-  int q_token0;      // global token index (row of q / o) of the tile's first query
-  int q_pos_first;   // absolute positions of the tile's first and last query
-  int q_pos_last;
-  int kv_lo, kv_hi;  // keys to visit, possibly empty
-  int partial_slot;
-  int page_begin;    // offset of the request's pages in kv_indices
-
-  __device__ __forceinline__ int row_token(int row) const { return row / group; }
-  __device__ __forceinline__ int row_head(int row) const { return kv_head * group + row % group; }
-};
-
-__device__ __forceinline__ WorkItem load_work_item(const BatchAttentionParams& p,
-                                                   const AttentionVariant& variant, int w) {
-  const PlanView& plan = p.plan;
-  WorkItem item;
-  const int request = plan.work_request[w];
-  item.kv_head = plan.work_kv_head[w];
-  item.group = p.num_qo_heads / p.num_kv_heads;
-  const int q_start = plan.work_q_start[w];
-  const int q_len = plan.work_q_len[w];
-  item.rows = q_len * item.group;
-  item.partial_slot = plan.work_partial_slot[w];
-  const int qo_begin = p.qo_indptr[request];
-  const int q_len_request = p.qo_indptr[request + 1] - qo_begin;
-  const int kv_len = p.seq_lens[request];
-  item.q_token0 = qo_begin + q_start;
-  item.q_pos_first = kv_len - q_len_request + q_start;
-  item.q_pos_last = item.q_pos_first + q_len - 1;
-  item.kv_lo = max(plan.work_kv_start[w], 0);
-  item.kv_hi = min(plan.work_kv_end[w], kv_len);
-  variant.clamp_kv_range(item.q_pos_first, item.q_pos_last, item.kv_lo, item.kv_hi);
-  item.kv_hi = max(item.kv_hi, item.kv_lo);
-  item.page_begin = p.kv_indptr[request];
-  return item;
-}
-
-// Writes the result of `N` consecutive columns of one row of a work item (or a merge item):
-// final output (sinks applied, LSE optional) when partial_slot < 0, else the partial state.
-template <typename T, int HEAD_DIM, int N>
-__device__ __forceinline__ void store_row_result(const BatchAttentionParams& p,
-                                                 const WorkItem& item, int row, int col,
-                                                 float (&o)[N], float lse_log2, bool store_lse) {
-  if (item.partial_slot >= 0) {
-    float* dst = p.partial_o + (static_cast<std::int64_t>(item.partial_slot) * kMaxTileRows + row) *
-                                   HEAD_DIM + col;
-#pragma unroll
-    for (int i = 0; i < N; i += 2) *reinterpret_cast<float2*>(dst + i) = make_float2(o[i], o[i + 1]);
-    if (store_lse) {
-      p.partial_lse[item.partial_slot * kMaxTileRows + row] = lse_log2_to_ln(lse_log2);
-    }
-    return;
-  }
-  const int head = item.row_head(row);
-  const std::int64_t token = item.q_token0 + item.row_token(row);
-  float lse_ln = lse_log2_to_ln(lse_log2);
-  if (p.variant.sinks != nullptr) {
-    // The sink is one more logit in the denominator, with no value (variants.py).
-    const float sink = p.variant.sinks[head];
-    const float top = fmaxf(lse_ln, sink);
-    const float lse_with_sink = top + logf(expf(lse_ln - top) + expf(sink - top));
-    const float scale = expf(lse_ln - lse_with_sink);
-#pragma unroll
-    for (int i = 0; i < N; ++i) o[i] *= scale;
-    lse_ln = lse_with_sink;
-  }
-  T* dst = static_cast<T*>(p.o) + token * p.o_stride_token + head * p.o_stride_head + col;
-#pragma unroll
-  for (int i = 0; i < N; i += 2) {
-    *reinterpret_cast<std::uint32_t*>(dst + i) = mma::pack2<T>(o[i], o[i + 1]);
-  }
-  if (store_lse && p.lse != nullptr) {
-    p.lse[token * p.lse_stride_token + head * p.lse_stride_head] = lse_ln;
-  }
-}
-
-// Runs one work item with tile shape Shape. All threads of the CTA call it.
+// Shared memory of one tile shape: the Q tile, then kStages K and kStages V buffers. Both
+// shapes use the same dynamic allocation (the larger of the two).
 template <typename T, typename Shape>
-__device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
-                                                 const AttentionVariant& variant,
-                                                 const WorkItem& item,
-                                                 const AttentionSmem<T, Shape::kHeadDim>& smem) {
+struct AttentionSmem {
+  static constexpr int kQElems = Shape::kTileRows * Shape::kHeadDim;
+  static constexpr int kStageElems = Shape::kTileKv * Shape::kHeadDim;
+  static constexpr int kBytes =
+      static_cast<int>(sizeof(T)) * (kQElems + 2 * Shape::kStages * kStageElems);
+
+  T* q;
+  T* k;
+  T* v;
+
+  __device__ __forceinline__ explicit AttentionSmem(std::uint8_t* base)
+      : q(reinterpret_cast<T*>(base)), k(q + kQElems), v(k + Shape::kStages * kStageElems) {}
+  __device__ __forceinline__ T* k_stage(int stage) const { return k + stage * kStageElems; }
+  __device__ __forceinline__ T* v_stage(int stage) const { return v + stage * kStageElems; }
+  // After the main loop the K/V buffers hold the decode path's per-warp softmax states.
+  __device__ __forceinline__ float* scratch() const { return reinterpret_cast<float*>(k); }
+};
+
+// Dynamic shared memory of the attention kernel for one (dtype, head_dim).
+template <typename T, int HEAD_DIM>
+constexpr int attention_smem_bytes() {
+  constexpr int prefill = AttentionSmem<T, PrefillShape<HEAD_DIM>>::kBytes;
+  constexpr int decode = AttentionSmem<T, DecodeShape<HEAD_DIM>>::kBytes;
+  return prefill > decode ? prefill : decode;
+}
+
+// Runs rows [row0, row0 + Shape::kTileRows) of one work item with tile shape Shape. All
+// threads of the CTA call it.
+template <typename T, typename Shape>
+__device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
+                                            const AttentionVariant& variant,
+                                            const WorkItem& item, int row0,
+                                            std::uint8_t* smem_base) {
   constexpr int D = Shape::kHeadDim;
+  constexpr int kStages = Shape::kStages;
   constexpr int kTileKv = Shape::kTileKv;
   constexpr int kWarpKv = Shape::kWarpKv;
   constexpr int kBlocksS = kWarpKv / 8;  // n-blocks of S per warp
   constexpr int kBlocksO = D / 8;        // n-blocks of O per warp
+  constexpr int kRowBlocks = Shape::kRowBlocks;
   // cp.async groups committed after K_t (or after V_t) that may stay in flight (see below).
   constexpr int kGroupsAhead = 2 * kStages - 3;
   using Tile = SwizzledTile<D>;
   using Loader = PagedKvLoader<T, D, kAttentionThreads>;
+  const AttentionSmem<T, Shape> smem(smem_base);
 
-  constexpr int kRowBlocks = Shape::kRowBlocks;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int warp_q = warp / Shape::kWarpsKv;
   const int warp_kv = warp % Shape::kWarpsKv;
-  const int warp_row0 = warp_q * Shape::kWarpRows;
+  const int warp_row0 = warp_q * Shape::kWarpRows;  // first row of this warp in the tile
+  // A warp whose rows all lie past the item's last row skips the math; it still copies its
+  // share of every tile and meets every barrier (the branch is warp-uniform).
+  const bool warp_has_rows = row0 + warp_row0 < item.rows;
 
   // Q tile: kTileRows rows, those past item.rows zero-filled.
   {
@@ -194,10 +145,12 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
          idx += kAttentionThreads) {
       const int row = idx / Tile::kChunksPerRow;
       const int chunk = idx % Tile::kChunksPerRow;
-      const bool valid = row < item.rows;
-      const std::int64_t token = item.q_token0 + (valid ? item.row_token(row) : 0);
+      const int item_row = row0 + row;
+      const bool valid = item_row < item.rows;
+      const std::int64_t token = item.q_token0 + (valid ? item.row_token(item_row) : 0);
       const T* src = q + token * p.q_stride_token +
-                     static_cast<std::int64_t>(valid ? item.row_head(row) : 0) * p.q_stride_head +
+                     static_cast<std::int64_t>(valid ? item.row_head(item_row) : 0) *
+                         p.q_stride_head +
                      chunk * 8;
       mma::cp_async_16(mma::smem_addr(smem.q + Tile::offset(row, chunk)), src, valid);
     }
@@ -235,28 +188,22 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
   }
   if (kStages - 1 < num_tiles) loader.fetch_pages(item.kv_lo + (kStages - 1) * kTileKv, ahead);
 
-  // Per-thread rows: in row block mb of the warp, rows g and g + 8 (h = 0, 1).
+  // Per-thread rows: in row block mb of the warp, item rows row_of(mb, 0) and row_of(mb, 1).
   const int g = lane / 4;
   const int quad_lane = lane % 4;
-  int q_pos[kRowBlocks][2];
-  int first_key[kRowBlocks][2];  // the keys each row sees: [first_key, last_key]
-  int last_key[kRowBlocks][2];
-  float slope[kRowBlocks][2];
-#pragma unroll
-  for (int mb = 0; mb < kRowBlocks; ++mb) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = warp_row0 + mb * 16 + g + 8 * h;
-      const bool valid = row < item.rows;
-      q_pos[mb][h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
-      variant.visible_keys(q_pos[mb][h], item.kv_hi, first_key[mb][h], last_key[mb][h]);
-      slope[mb][h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
-    }
-  }
+  auto row_of = [&](int mb, int h) { return row0 + warp_row0 + mb * 16 + g + 8 * h; };
+  // Absolute position of a row's query. Computed where a tile needs it (masked or
+  // transformed tiles) rather than held in registers for the whole loop: the accumulators
+  // of a 32-row warp leave no room for per-row constants.
+  auto q_pos_of = [&](int row) {
+    return item.q_pos_first + (row < item.rows ? item.row_token(row) : 0);
+  };
 
+  // Running state in base-2 units: m = max logit, d = per-thread partial row sum (reduced
+  // over the quad at the end), o = unnormalized output.
   float o[kRowBlocks][kBlocksO][4];
   float m[kRowBlocks][2];
-  float d[kRowBlocks][2];  // per-thread partial row sums, reduced over the quad at the end
+  float d[kRowBlocks][2];
 #pragma unroll
   for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
@@ -271,6 +218,12 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     }
   }
 
+  // Without a logit transform, S stays the raw dot product and the scale to base-2 logits
+  // rides in the exponent's FFMA: p = 2^(s * s_to_log2 - max) (FlashAttention-2's trick).
+  // With one, S is turned into base-2 logits first and s_to_log2 is 1.
+  const bool transforms = variant.transforms_logits();
+  const float s_to_log2 = transforms ? 1.f : variant.params.sm_scale * kLog2e;
+
   for (int t = 0; t < num_tiles; ++t) {
     const int stage = t % kStages;
     const int tile_lo = item.kv_lo + t * kTileKv;
@@ -284,113 +237,127 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     }
     mma::cp_async_commit();
 
-    // S = Q K^T for the warp's rows x kWarpKv keys.
-    const T* k_tile = smem.k_stage(stage);
     const int key0 = warp_kv * kWarpKv;  // first key of this warp within the tile
     float s[kRowBlocks][kBlocksS][4];
-#pragma unroll
-    for (int mb = 0; mb < kRowBlocks; ++mb) {
-#pragma unroll
-      for (int nb = 0; nb < kBlocksS; ++nb) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mb][nb][e] = 0.f;
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      std::uint32_t a[kRowBlocks][4];
+    if (warp_has_rows) {
+      // S = Q K^T for the warp's rows x kWarpKv keys.
+      const T* k_tile = smem.k_stage(stage);
 #pragma unroll
       for (int mb = 0; mb < kRowBlocks; ++mb) {
-        mma::ldmatrix_x4(a[mb], mma::smem_addr(smem.q + Tile::offset(
-                                                  warp_row0 + mb * 16 + lane % 16,
-                                                  2 * kk + lane / 16)));
+#pragma unroll
+        for (int nb = 0; nb < kBlocksS; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mb][nb][e] = 0.f;
+        }
       }
 #pragma unroll
-      for (int i = 0; i < kBlocksS / 2; ++i) {
-        std::uint32_t b[4];
-        const int key = key0 + 16 * i + (lane / 16) * 8 + lane % 8;
-        mma::ldmatrix_x4(b, mma::smem_addr(k_tile + Tile::offset(key, 2 * kk + (lane / 8) % 2)));
+      for (int kk = 0; kk < D / 16; ++kk) {
+        std::uint32_t a[kRowBlocks][4];
 #pragma unroll
         for (int mb = 0; mb < kRowBlocks; ++mb) {
-          mma::mma_16816<T>(s[mb][2 * i], a[mb], b[0], b[1]);
-          mma::mma_16816<T>(s[mb][2 * i + 1], a[mb], b[2], b[3]);
+          mma::ldmatrix_x4(a[mb], mma::smem_addr(smem.q + Tile::offset(
+                                                    warp_row0 + mb * 16 + lane % 16,
+                                                    2 * kk + lane / 16)));
         }
-      }
-    }
-
-    // Logits (base 2) and mask. The run-time variant branches are taken once per tile, not
-    // per element, so that each path is straight-line code the compiler can schedule.
-    const int warp_key_lo = tile_lo + key0;
-    if (variant.transforms_logits()) {
 #pragma unroll
-      for (int mb = 0; mb < kRowBlocks; ++mb) {
+        for (int i = 0; i < kBlocksS / 2; ++i) {
+          std::uint32_t b[4];
+          const int key = key0 + 16 * i + (lane / 16) * 8 + lane % 8;
+          mma::ldmatrix_x4(b,
+                           mma::smem_addr(k_tile + Tile::offset(key, 2 * kk + (lane / 8) % 2)));
 #pragma unroll
-        for (int nb = 0; nb < kBlocksS; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
-            s[mb][nb][e] = variant.logit_log2(s[mb][nb][e], slope[mb][e / 2],
-                                              kv_pos - q_pos[mb][e / 2]);
+          for (int mb = 0; mb < kRowBlocks; ++mb) {
+            mma::mma_16816<T>(s[mb][2 * i], a[mb], b[0], b[1]);
+            mma::mma_16816<T>(s[mb][2 * i + 1], a[mb], b[2], b[3]);
           }
         }
       }
-    } else {
+
+      // Variant work is taken once per tile, not per element, so that the common path
+      // (plain scaled logits, a tile every row sees whole) is straight-line MMA + exp2 code.
+      const int warp_key_lo = tile_lo + key0;
+      if (transforms) {
 #pragma unroll
-      for (int mb = 0; mb < kRowBlocks; ++mb) {
+        for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-        for (int nb = 0; nb < kBlocksS; ++nb) {
+          for (int h = 0; h < 2; ++h) {
+            const int row = row_of(mb, h);
+            const int q_pos = q_pos_of(row);
+            const float slope = row < item.rows ? variant.alibi_slope(item.row_head(row)) : 0.f;
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[mb][nb][e] = variant.scaled_logit_log2(s[mb][nb][e]);
-        }
-      }
-    }
-    const bool whole_tile = warp_key_lo + kWarpKv <= item.kv_hi &&
-                            variant.sees_whole_tile(item.q_pos_first, item.q_pos_last,
-                                                    warp_key_lo, warp_key_lo + kWarpKv);
-    if (!whole_tile) {
+            for (int nb = 0; nb < kBlocksS; ++nb) {
 #pragma unroll
-      for (int mb = 0; mb < kRowBlocks; ++mb) {
-#pragma unroll
-        for (int nb = 0; nb < kBlocksS; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
-            const int h = e / 2;
-            s[mb][nb][e] = (kv_pos < first_key[mb][h] || kv_pos > last_key[mb][h])
-                               ? kNegInf : s[mb][nb][e];
+              for (int e = 2 * h; e < 2 * h + 2; ++e) {
+                const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
+                s[mb][nb][e] = variant.logit_log2(s[mb][nb][e], slope, kv_pos - q_pos);
+              }
+            }
           }
         }
       }
-    }
+      const bool whole_tile = warp_key_lo + kWarpKv <= item.kv_hi &&
+                              variant.sees_whole_tile(item.q_pos_first, item.q_pos_last,
+                                                      warp_key_lo, warp_key_lo + kWarpKv);
+      if (!whole_tile) {
+#pragma unroll
+        for (int mb = 0; mb < kRowBlocks; ++mb) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            int first_key, last_key;  // the keys this row sees: [first_key, last_key]
+            variant.visible_keys(q_pos_of(row_of(mb, h)), item.kv_hi, first_key, last_key);
+#pragma unroll
+            for (int nb = 0; nb < kBlocksS; ++nb) {
+#pragma unroll
+              for (int e = 2 * h; e < 2 * h + 2; ++e) {
+                const int kv_pos = warp_key_lo + nb * 8 + 2 * quad_lane + (e & 1);
+                s[mb][nb][e] = (kv_pos < first_key || kv_pos > last_key) ? kNegInf : s[mb][nb][e];
+              }
+            }
+          }
+        }
+      }
 
-    // Online softmax: new row max, rescale the running state, P = 2^(S - max).
+      // Online softmax: new row max, rescale the running state, P = 2^(S - max).
 #pragma unroll
-    for (int mb = 0; mb < kRowBlocks; ++mb) {
+      for (int mb = 0; mb < kRowBlocks; ++mb) {
+        float rescale[2];
+        bool max_moved = false;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float row_max = m[mb][h];
+        for (int h = 0; h < 2; ++h) {
+          float row_max = kNegInf;
 #pragma unroll
-        for (int nb = 0; nb < kBlocksS; ++nb) {
-          row_max = fmaxf(row_max, fmaxf(s[mb][nb][2 * h], s[mb][nb][2 * h + 1]));
+          for (int nb = 0; nb < kBlocksS; ++nb) {
+            row_max = fmaxf(row_max, fmaxf(s[mb][nb][2 * h], s[mb][nb][2 * h + 1]));
+          }
+          row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+          row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+          // s_to_log2 > 0 keeps the order (and -inf), so this is the max base-2 logit.
+          const float m_new = fmaxf(m[mb][h], row_max * s_to_log2);
+          // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
+          const float base = m_new == kNegInf ? 0.f : m_new;
+          rescale[h] = fast_exp2(m[mb][h] - base);
+          max_moved |= m_new != m[mb][h];
+          d[mb][h] *= rescale[h];
+#pragma unroll
+          for (int nb = 0; nb < kBlocksS; ++nb) {
+            s[mb][nb][2 * h] = fast_exp2(fmaf(s[mb][nb][2 * h], s_to_log2, -base));
+            s[mb][nb][2 * h + 1] = fast_exp2(fmaf(s[mb][nb][2 * h + 1], s_to_log2, -base));
+            d[mb][h] += s[mb][nb][2 * h] + s[mb][nb][2 * h + 1];
+          }
+          m[mb][h] = m_new;
         }
-        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
-        // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
-        const float base = row_max == kNegInf ? 0.f : row_max;
-        const float rescale = exp2f(m[mb][h] - base);
-        d[mb][h] *= rescale;
+        // Once the running maxima settle (most tiles of a long row) the rescale is exactly 1
+        // for every row of the warp; skipping it saves 4 * kBlocksO multiplies a tile. The
+        // vote keeps the branch warp-uniform.
+        if (__any_sync(0xffffffffu, max_moved)) {
 #pragma unroll
-        for (int nb = 0; nb < kBlocksO; ++nb) {
-          o[mb][nb][2 * h] *= rescale;
-          o[mb][nb][2 * h + 1] *= rescale;
+          for (int nb = 0; nb < kBlocksO; ++nb) {
+            o[mb][nb][0] *= rescale[0];
+            o[mb][nb][1] *= rescale[0];
+            o[mb][nb][2] *= rescale[1];
+            o[mb][nb][3] *= rescale[1];
+          }
         }
-#pragma unroll
-        for (int nb = 0; nb < kBlocksS; ++nb) {
-          s[mb][nb][2 * h] = exp2f(s[mb][nb][2 * h] - base);
-          s[mb][nb][2 * h + 1] = exp2f(s[mb][nb][2 * h + 1] - base);
-          d[mb][h] += s[mb][nb][2 * h] + s[mb][nb][2 * h + 1];
-        }
-        m[mb][h] = row_max;
       }
     }
 
@@ -403,27 +370,30 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     mma::cp_async_commit();
     if (prefetch + 1 < num_tiles) loader.fetch_pages(item.kv_lo + (prefetch + 1) * kTileKv, ahead);
 
-    // O += P V over the warp's keys.
-    const T* v_tile = smem.v_stage(stage);
+    if (warp_has_rows) {
+      // O += P V over the warp's keys.
+      const T* v_tile = smem.v_stage(stage);
 #pragma unroll
-    for (int kk = 0; kk < kWarpKv / 16; ++kk) {
-      std::uint32_t a[kRowBlocks][4];
-#pragma unroll
-      for (int mb = 0; mb < kRowBlocks; ++mb) {
-        a[mb][0] = mma::pack2<T>(s[mb][2 * kk][0], s[mb][2 * kk][1]);
-        a[mb][1] = mma::pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
-        a[mb][2] = mma::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
-        a[mb][3] = mma::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
-      }
-      const int key = key0 + 16 * kk + lane % 16;
-#pragma unroll
-      for (int jj = 0; jj < D / 16; ++jj) {
-        std::uint32_t b[4];
-        mma::ldmatrix_x4_trans(b, mma::smem_addr(v_tile + Tile::offset(key, 2 * jj + lane / 16)));
+      for (int kk = 0; kk < kWarpKv / 16; ++kk) {
+        std::uint32_t a[kRowBlocks][4];
 #pragma unroll
         for (int mb = 0; mb < kRowBlocks; ++mb) {
-          mma::mma_16816<T>(o[mb][2 * jj], a[mb], b[0], b[1]);
-          mma::mma_16816<T>(o[mb][2 * jj + 1], a[mb], b[2], b[3]);
+          a[mb][0] = mma::pack2<T>(s[mb][2 * kk][0], s[mb][2 * kk][1]);
+          a[mb][1] = mma::pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
+          a[mb][2] = mma::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
+          a[mb][3] = mma::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
+        }
+        const int key = key0 + 16 * kk + lane % 16;
+#pragma unroll
+        for (int jj = 0; jj < D / 16; ++jj) {
+          std::uint32_t b[4];
+          mma::ldmatrix_x4_trans(b,
+                                 mma::smem_addr(v_tile + Tile::offset(key, 2 * jj + lane / 16)));
+#pragma unroll
+          for (int mb = 0; mb < kRowBlocks; ++mb) {
+            mma::mma_16816<T>(o[mb][2 * jj], a[mb], b[0], b[1]);
+            mma::mma_16816<T>(o[mb][2 * jj + 1], a[mb], b[2], b[3]);
+          }
         }
       }
     }
@@ -445,16 +415,17 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = warp_row0 + mb * 16 + g + 8 * h;
+        const int row = row_of(mb, h);
         if (row >= item.rows) continue;
         const float inv_d = d[mb][h] > 0.f ? 1.f / d[mb][h] : 0.f;
         const float lse_log2 = d[mb][h] > 0.f ? m[mb][h] + log2f(d[mb][h]) : kNegInf;
+        const RowWriter<T, D> writer(p, item, row, lse_log2);
 #pragma unroll
         for (int nb = 0; nb < kBlocksO; ++nb) {
-          float pair[2] = {o[mb][nb][2 * h] * inv_d, o[mb][nb][2 * h + 1] * inv_d};
-          store_row_result<T, D, 2>(p, item, row, nb * 8 + 2 * quad_lane, pair, lse_log2,
-                                    nb == 0 && quad_lane == 0);
+          const float pair[2] = {o[mb][nb][2 * h] * inv_d, o[mb][nb][2 * h + 1] * inv_d};
+          writer.store(nb * 8 + 2 * quad_lane, pair);
         }
+        if (quad_lane == 0) writer.store_lse();
       }
     }
   } else {
@@ -462,7 +433,7 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     // shared memory (the K/V buffers, free once every warp is past the loop).
     constexpr int kRows = Shape::kTileRows;
     static_assert((Shape::kWarpsKv * kRows * (D + 2)) * sizeof(float) <=
-                      2 * kStages * kStageTokens * D * sizeof(T),
+                      2 * kStages * AttentionSmem<T, Shape>::kStageElems * sizeof(T),
                   "the per-warp states fit the K/V buffers");
     float* o_acc = smem.scratch();                       // [warps_kv][kRows][D]
     float* row_m = o_acc + Shape::kWarpsKv * kRows * D;  // [warps_kv][kRows]
@@ -472,11 +443,12 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = warp_row0 + mb * 16 + g + 8 * h;
+        const int row = warp_row0 + mb * 16 + g + 8 * h;  // in the tile
         float* dst = o_acc + (warp_kv * kRows + row) * D + 2 * quad_lane;
 #pragma unroll
         for (int nb = 0; nb < kBlocksO; ++nb) {
-          *reinterpret_cast<float2*>(dst + nb * 8) = make_float2(o[mb][nb][2 * h], o[mb][nb][2 * h + 1]);
+          *reinterpret_cast<float2*>(dst + nb * 8) =
+              make_float2(o[mb][nb][2 * h], o[mb][nb][2 * h + 1]);
         }
         if (quad_lane == 0) {
           row_m[warp_kv * kRows + row] = m[mb][h];
@@ -487,9 +459,9 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
     __syncthreads();
     constexpr int kCols = 4;
     for (int idx = threadIdx.x; idx < kRows * (D / kCols); idx += kAttentionThreads) {
-      const int row = idx / (D / kCols);
+      const int row = idx / (D / kCols);  // in the tile
       const int col = (idx % (D / kCols)) * kCols;
-      if (row >= item.rows) continue;
+      if (row0 + row >= item.rows) continue;
       SoftmaxState<kCols> state;
       state.init();
 #pragma unroll
@@ -500,25 +472,40 @@ __device__ __forceinline__ void attend_work_item(const BatchAttentionParams& p,
       }
       float out[kCols];
       state.normalized_output(out);
-      store_row_result<T, D, kCols>(p, item, row, col, out, state.lse_log2(), col == 0);
+      const RowWriter<T, D> writer(p, item, row0 + row, state.lse_log2());
+      writer.store(col, out);
+      if (col == 0) writer.store_lse();
     }
   }
 }
 
-template <typename T, int HEAD_DIM>
+// PREFILL_TILES = false compiles the kernel without the prefill tile shape: ptxas then sizes
+// registers for the decode tile alone (inlined next to the 32-row prefill accumulators, the
+// decode loop spills, costing ~4 % of bandwidth at large decode batches). Such a kernel
+// still runs any plan: items of more than kDecodeMaxRows rows go through the decode shape
+// kDecodeMaxRows rows at a time (correct, slower), so a CUDA graph captured on a decode batch
+// stays valid if it is replayed on a mixed one.
+template <typename T, int HEAD_DIM, bool PREFILL_TILES>
 __global__ void __launch_bounds__(kAttentionThreads)
     batch_attention_kernel(const BatchAttentionParams p) {
   extern __shared__ __align__(16) std::uint8_t smem_base[];
-  const AttentionSmem<T, HEAD_DIM> smem(smem_base);
+  using Prefill = PrefillShape<HEAD_DIM>;
+  using Decode = DecodeShape<HEAD_DIM>;
   const AttentionVariant variant{p.variant};
   const int first = p.plan.cta_work_indptr[blockIdx.x];
   const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
   for (int w = first; w < last; ++w) {
     const WorkItem item = load_work_item(p, variant, w);
-    if (item.rows <= kDecodeMaxRows) {
-      attend_work_item<T, DecodeShape<HEAD_DIM>>(p, variant, item, smem);
+    if (PREFILL_TILES && item.rows > kDecodeMaxRows) {
+      for (int row0 = 0; row0 < item.rows; row0 += Prefill::kTileRows) {
+        if (row0 > 0) __syncthreads();  // the next rows overwrite shared memory
+        attend_tile<T, Prefill>(p, variant, item, row0, smem_base);
+      }
     } else {
-      attend_work_item<T, PrefillShape<HEAD_DIM>>(p, variant, item, smem);
+      for (int row0 = 0; row0 < item.rows; row0 += Decode::kTileRows) {
+        if (row0 > 0) __syncthreads();
+        attend_tile<T, Decode>(p, variant, item, row0, smem_base);
+      }
     }
     __syncthreads();  // the next item overwrites shared memory
   }
@@ -576,7 +563,9 @@ __global__ void __launch_bounds__(kMergeThreads)
       }
       float out[kCols];
       state.normalized_output(out);
-      store_row_result<T, HEAD_DIM, kCols>(p, item, row, col, out, state.lse_log2(), col == 0);
+      const RowWriter<T, HEAD_DIM> writer(p, item, row, state.lse_log2());
+      writer.store(col, out);
+      if (col == 0) writer.store_lse();
     }
   }
 }

@@ -42,7 +42,7 @@ constexpr int kPlanHeaderNumWorkItems = 0;
 constexpr int kPlanHeaderNumMergeItems = 1;
 
 // Rows (query tokens x GQA group) of one work item: plan_layout.MAX_TILE_ROWS.
-constexpr int kMaxTileRows = 64;
+constexpr int kMaxTileRows = 128;
 
 struct BatchAttentionParams {
   // q: (num_tokens, num_qo_heads, head_dim); o likewise; lse: (num_tokens, num_qo_heads).
