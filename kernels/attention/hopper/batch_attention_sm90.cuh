@@ -276,11 +276,41 @@ struct ThreadRows {
   }
 };
 
+// Ping-pong of the two consumer warpgroups (FlashAttention-3 section 3.1): while both have rows
+// in an item they take turns issuing their wgmma batches, so that one warpgroup's softmax runs
+// while the other's products hold the tensor cores. Warpgroup w waits for its turn on named
+// barrier kFirstBarrier + w (256 threads: its own 128 waiting, the other's 128 arriving) and
+// hands the turn over once its batch is issued. In an item of n > 0 KV tiles each warpgroup
+// issues n + 1 batches (S_t with P_{t-1} V_{t-1} per tile, then the last P V); warpgroup 1
+// grants warpgroup 0 the first turn and skips its own last hand-over, so each barrier gets
+// exactly as many arrivals as waits within the item and no turn leaks into the next one.
+struct GemmTurns {
+  static constexpr int kFirstBarrier = kConsumerWarpgroups;  // after the per-warpgroup Q ones
+  static constexpr int kThreads = 2 * kWarpgroupThreads;
+  static_assert(kConsumerWarpgroups == 2, "turns alternate between two warpgroups");
+  int wg;
+  bool active;  // both warpgroups have rows in this item (the same value in both)
+
+  __device__ __forceinline__ void begin_item(int num_tiles) const {
+    if (active && wg == 1 && num_tiles > 0) {
+      cutlass::arch::NamedBarrier::arrive(kThreads, kFirstBarrier + 0);
+    }
+  }
+  __device__ __forceinline__ void wait() const {
+    if (active) cutlass::arch::NamedBarrier::sync(kThreads, kFirstBarrier + wg);
+  }
+  __device__ __forceinline__ void hand_over(bool last_batch) const {
+    if (active && !(last_batch && wg == 1)) {
+      cutlass::arch::NamedBarrier::arrive(kThreads, kFirstBarrier + 1 - wg);
+    }
+  }
+};
+
 // Consumer warpgroup `wg`: rows [64 wg, 64 wg + 64) of each of the CTA's work items.
 // Per KV tile t (intra-warpgroup overlap, FlashAttention-3 section 3.2): issue S_t = Q K_t^T
-// and O += P_{t-1} V_{t-1} back to back, run the softmax of S_t while the tensor cores still
-// work on P_{t-1} V_{t-1}, then rescale O and turn S_t into P_t once that product retired.
-// Tile t-1's stage is released after its P V retired.
+// and O += P_{t-1} V_{t-1} back to back (in this warpgroup's turn, see GemmTurns), run the
+// softmax of S_t while the tensor cores still work on P_{t-1} V_{t-1}, then rescale O and turn
+// S_t into P_t once that product retired. Tile t-1's stage is released after its P V retired.
 template <typename T, typename Config>
 __device__ __forceinline__ void consume(const BatchAttentionParams& p,
                                        const AttentionVariant& variant,
@@ -359,15 +389,22 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
     clear(o_acc);
 
     const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
+    const GemmTurns turns{wg, item.rows > kWarpgroupRows};
+    turns.begin_item(num_tiles);
     RingPosition<Config::kStages> previous = at;  // the stage of tile t - 1
     for (int t = 0; t < num_tiles; ++t) {
       smem.ring.consumer_wait(at);
       if (has_rows) {
+        turns.wait();
         issue_gemm<true>(mma_qk, frag_q, frag_k(_, _, _, at.stage), s_acc);
+        // Each path issues and waits in one branch: ptxas serializes every wgmma when it
+        // cannot match an issue with its wait.
         if (t > 0) {
           issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, previous.stage), o_acc);
+          turns.hand_over(false);
           warpgroup_wait<1>();  // S_t is ready; P_{t-1} V_{t-1} may still run
         } else {
+          turns.hand_over(false);
           warpgroup_wait<0>();
         }
         fence_gemm_operand(s_acc);
@@ -394,7 +431,9 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
     }
     if (num_tiles > 0) {
       if (has_rows) {
+        turns.wait();
         issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, previous.stage), o_acc);
+        turns.hand_over(true);
         warpgroup_wait<0>();
         fence_gemm_operand(o_acc);
         fence_gemm_operand(p_frag);
