@@ -37,7 +37,7 @@ from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
 
 __all__ = ["BatchAttention", "KERNEL_FAMILIES", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS",
-           "ctas_per_sm", "resolve_kernel_family"]
+           "ctas_per_sm", "resolve_kernel_family", "select_kernel"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -107,6 +107,20 @@ def _device_family(requested: str, dtype: torch.dtype, head_dim: int,
     return resolve_kernel_family(requested, capability=torch.cuda.get_device_capability(device),
                                  sm90_built=_sm90_built(),
                                  sm90_supports=_sm90_supports(dtype, head_dim))
+
+
+def select_kernel(requested: str, resolved: str, decode_plan: bool) -> str:
+    """The kernel that runs one plan: "sm90" (Hopper family), "sm80" (portable, with prefill
+    tiles) or "sm80_decode" (portable, built for decode tiles only).
+
+    requested: the BatchAttention's family ("auto", "sm80", "sm90"); resolved: what it
+    resolves to for the call's dtype and head_dim (resolve_kernel_family); decode_plan:
+    the plan has no tile over DECODE_TILE_ROWS rows and the decode-only kernel is allowed.
+    "auto" runs decode plans on the portable decode-only kernel even where the Hopper family
+    is chosen (see SM90_IN_AUTO); an explicit "sm90" runs every plan on it."""
+    if resolved == "sm90" and not (requested == "auto" and decode_plan):
+        return "sm90"
+    return "sm80_decode" if decode_plan else "sm80"
 
 
 def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = "cuda",
@@ -288,13 +302,13 @@ class BatchAttention:
                if return_lse else None)
 
         decode_plan = self.decode_kernel and plan.max_item_rows <= DECODE_TILE_ROWS
-        family = self.kernel_family(q.dtype)
-        if family == "sm90" and not (self.family == "auto" and decode_plan):
+        kernel = select_kernel(self.family, self.kernel_family(q.dtype), decode_plan)
+        if kernel == "sm90":
             launch = _C.batch_attention_sm90
             kernel_options = {}
         else:
             launch = _C.batch_attention
-            kernel_options = {"prefill_tiles": not decode_plan}
+            kernel_options = {"prefill_tiles": kernel == "sm80"}
         with torch.cuda.device(self.device):
             launch(
                 dtype=_dtype_name(q.dtype), head_dim=head_dim,

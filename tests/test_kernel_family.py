@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fi_backend import attention as attention_module
-from fi_backend.attention import KERNEL_FAMILY_ENV, BatchAttention, resolve_kernel_family
+from fi_backend.attention import (KERNEL_FAMILY_ENV, BatchAttention, resolve_kernel_family,
+                                  select_kernel)
 from fi_backend.metadata.planner import Planner
 
 H100 = (9, 0)
@@ -77,3 +78,15 @@ def test_batch_attention_rejects_an_unknown_family(monkeypatch):
     monkeypatch.setenv(KERNEL_FAMILY_ENV, "fa3")
     with pytest.raises(ValueError, match="kernel family 'fa3' is not supported"):
         BatchAttention(make_planner())
+
+
+def test_select_kernel_puts_decode_plans_on_the_portable_decode_kernel_under_auto():
+    assert select_kernel("auto", "sm90", decode_plan=False) == "sm90"
+    assert select_kernel("auto", "sm90", decode_plan=True) == "sm80_decode"
+    # An explicit request for the Hopper family runs every plan on it (tests, comparisons).
+    assert select_kernel("sm90", "sm90", decode_plan=True) == "sm90"
+    assert select_kernel("sm90", "sm90", decode_plan=False) == "sm90"
+    # Portable family: the decode-only kernel exactly for decode plans.
+    for requested in ("auto", "sm80", "sm90"):
+        assert select_kernel(requested, "sm80", decode_plan=True) == "sm80_decode"
+        assert select_kernel(requested, "sm80", decode_plan=False) == "sm80"
