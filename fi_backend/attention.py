@@ -127,7 +127,10 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
                 family: str | None = None) -> int:
     """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel of the
     family BatchAttention(..., family) runs there): a planner's `num_ctas` is best
-    `multiprocessor_count * ctas_per_sm(...)`."""
+    `multiprocessor_count * ctas_per_sm(...)`. "auto" gives the portable family's count even
+    where it picks the Hopper kernels for prefills: its decode plans run on the portable
+    decode kernel, which needs that occupancy, while a Hopper launch of more CTAs than fit
+    runs them in equal waves (the plan's pieces have equal cost)."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {_dtype_name(dtype)} is not supported; supported: "
                          f"{', '.join(map(_dtype_name, SUPPORTED_DTYPES))}")
@@ -136,7 +139,7 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
                          f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
     requested = _requested_family(family)
     with torch.cuda.device(device):
-        if _device_family(requested, dtype, head_dim, device) == "sm90":
+        if requested != "auto" and _device_family(requested, dtype, head_dim, device) == "sm90":
             return _C.batch_attention_sm90_ctas_per_sm(dtype=_dtype_name(dtype),
                                                        head_dim=head_dim)
         return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
