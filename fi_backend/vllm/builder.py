@@ -17,6 +17,19 @@ the kernel's arithmetic and are taken per layer at run time. Because run() alway
 the same fixed grids and reads only fixed buffers, a graph captured for any batch replays
 correctly for any other within the capacities: `AttentionCGSupport.ALWAYS` (full graphs for
 decode, prefill and mixed batches).
+
+Cascade (shared prefix, FlashInfer paper section 3.1): when vLLM's V1 runner finds that all
+requests share their first `common_prefix_len` tokens and `use_cascade_attention` agrees,
+build() describes the step as two levels instead of one: the prefix level, one "request"
+holding every query token of the batch over the shared pages, non-causal (every query sits
+after the prefix), and the suffix level, each request over its own pages after the prefix,
+causal as the batch is (queries and keys shift by the same prefix length, so the causal mask
+is unchanged). The impl runs both levels and merges their states by LSE. The shared pages are
+read once per query tile of the whole batch instead of once per request. Both levels have
+their own persistent planners and buffers (both plans live through all layers of the step).
+Cascade steps never run inside a CUDA graph: the runner excludes FULL graphs for them
+(`use_cascade_attn` -> `disable_full`), the attention op runs eagerly between piecewise
+graphs, and `build_for_cudagraph_capture` builds with `common_prefix_len=0`.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from vllm.v1.attention.backend import (
 )
 
 from fi_backend.metadata.block_sparse import BlockSparseKV, BsrBuffers, block_table_to_bsr
+from fi_backend.metadata.plan_layout import gqa_group_size, tile_tokens
 from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
 
@@ -51,6 +65,12 @@ NO_WINDOW = -1
 CPU_PLAN_NUM_CTAS = 132
 """Persistent CTAs of plans made on a CPU device (tests without a GPU): an H100's SM count."""
 
+MIN_CASCADE_PREFIX_TOKENS = 256
+"""Below this, the prefix reads cascade saves do not pay for its second attention pass and
+merge per layer (FlashAttention's backend in vLLM uses the same threshold)."""
+MIN_CASCADE_REQUESTS = 8
+"""Fewer requests re-read the prefix too few times for cascade to pay off."""
+
 
 @dataclass
 class FIMetadata(AttentionMetadata):
@@ -59,8 +79,10 @@ class FIMetadata(AttentionMetadata):
     qo_indptr:  device int32 [B + 1], vLLM's `query_start_loc` (exact).
     seq_lens:   device int32 [B], exact KV lengths including this step's tokens.
     kv:         BSR page table over the group's paged cache (views of persistent buffers).
-    plans:      window_left -> the step's plan for layers with that window (-1: none).
+    plans:      window_left -> the step's plan for layers with that window (-1: none); empty
+                in a cascade step, whose plans are the levels'.
     attention:  window_left -> the BatchAttention that runs it (empty on a CPU device).
+    cascade:    the two levels of a shared-prefix step, None otherwise.
     """
 
     num_actual_tokens: int
@@ -72,6 +94,100 @@ class FIMetadata(AttentionMetadata):
     kv: BlockSparseKV
     plans: dict[int, Plan]
     attention: dict[int, "BatchAttention"]
+    cascade: "CascadeMetadata | None" = None
+
+
+@dataclass
+class CascadeLevel:
+    """One level of a cascade step, run like a batch of its own.
+
+    qo_indptr:  device int32 [B_level + 1], query rows of each of the level's requests.
+    seq_lens:   device int32 [B_level], exact KV lengths within the level.
+    kv:         the level's BSR page table (views of its persistent buffers).
+    causal:     the level's causal mode (the prefix level is never causal).
+    plan:       the level's plan, made by its own planner.
+    attention:  the BatchAttention that runs it (None on a CPU device).
+    """
+
+    qo_indptr: torch.Tensor
+    seq_lens: torch.Tensor
+    kv: BlockSparseKV
+    causal: bool
+    plan: Plan
+    attention: "BatchAttention | None"
+
+
+@dataclass
+class CascadeMetadata:
+    """A shared-prefix step: every query attends to the `prefix_len` shared tokens (prefix
+    level) and to its own request's later tokens (suffix level); the impl merges the two.
+
+    num_query_tokens: the batch's real query tokens (rows past it are CUDA-graph padding).
+    """
+
+    prefix_len: int
+    num_query_tokens: int
+    prefix: CascadeLevel
+    suffix: CascadeLevel
+
+
+class CascadeLevelBuffers:
+    """Persistent state of one cascade level, allocated once with the builder: its planner
+    (own plan buffer), BSR buffers, device KV lengths and, on a GPU, its BatchAttention (own
+    partial-state workspace)."""
+
+    def __init__(self, planner: Planner, max_requests: int, max_pages: int,
+                 device: torch.device) -> None:
+        self.planner = planner
+        self.bsr = BsrBuffers(max_requests, max_pages, device)
+        self.seq_lens = torch.zeros(max_requests, dtype=torch.int32, device=device)
+        self.attention = None
+        if device.type == "cuda":
+            from fi_backend.attention import BatchAttention
+
+            # Cascade steps always run eagerly (never captured), so the kernel picked per plan
+            # at run time is right for every plan, the decode-only one included.
+            self.attention = BatchAttention(planner, decode_kernel=True)
+
+    def plan(self, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+             variant: AttentionVariant) -> Plan:
+        return plan_step(self.planner, self.attention, qo_indptr_host, kv_len_host, variant)
+
+
+def plan_step(planner: Planner, attention: "BatchAttention | None", qo_indptr_host: np.ndarray,
+              kv_len_host: np.ndarray, variant: AttentionVariant) -> Plan:
+    """The step's plan, through the BatchAttention where there is one (it then checks at run
+    time that layers run the variant it was planned for)."""
+    if attention is not None:
+        return attention.plan(qo_indptr_host, kv_len_host, variant)
+    return planner.plan(qo_indptr_host, kv_len_host, variant)
+
+
+def cascade_pays_off(common_prefix_len: int, query_lens: np.ndarray, group_size: int) -> bool:
+    """Whether reading the shared prefix once per query tile of the whole batch (cascade)
+    instead of once per query tile of each request saves enough to pay for the second pass.
+
+    Each query tile (`tile_tokens(group_size)` tokens x the GQA group) reads the KV it
+    attends to once. Without cascade, request b's ceil(q_len_b / tile) tiles each read the
+    prefix; with cascade, the batch's ceil(sum q_len / tile) tiles do. Cascade adds a second
+    pass and a merge per layer (a few launches and 2 x num_tokens x heads x head_dim of
+    traffic), so it is used only for a prefix of at least MIN_CASCADE_PREFIX_TOKENS shared by
+    at least MIN_CASCADE_REQUESTS requests, and only when it at least halves the prefix reads:
+    decode and speculative-decode batches (e.g. 64 decodes, group 4: 64 reads -> 2), not
+    batches of long prefills, whose tiles are full either way.
+
+    The prefix level is one request holding all query tokens, and the planner requires a
+    request's queries to fit its KV (`q_len <= kv_len`): batches with more query tokens than
+    prefix tokens are not cascaded (they are prefill-heavy, where cascade saves little)."""
+    num_reqs = len(query_lens)
+    num_query_tokens = int(np.sum(query_lens))
+    if (common_prefix_len < MIN_CASCADE_PREFIX_TOKENS or num_reqs < MIN_CASCADE_REQUESTS
+            or num_query_tokens > common_prefix_len):
+        return False
+    tile = tile_tokens(group_size)
+    prefix_reads_per_request = -(-np.asarray(query_lens, dtype=np.int64) // tile)
+    prefix_reads_cascade = -(-num_query_tokens // tile)
+    return int(prefix_reads_per_request.sum()) >= 2 * prefix_reads_cascade
 
 
 def layer_window_lefts(vllm_config: "VllmConfig", layer_names: list[str],
@@ -85,6 +201,28 @@ def layer_window_lefts(vllm_config: "VllmConfig", layer_names: list[str],
         sliding_window = getattr(kv_cache_spec, "sliding_window", None)
         windows = {NO_WINDOW if sliding_window is None else sliding_window - 1}
     return tuple(sorted(windows))
+
+
+def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
+                     window_lefts: tuple[int, ...]) -> list[str]:
+    """Why this group's steps can never be cascaded (empty list: they may be).
+
+    vLLM 0.26 asks for cascade only in its V1 runner and only when the user opted in
+    (`disable_cascade_attn=False`). Sliding windows, ALiBi and sinks are excluded: a window
+    or an ALiBi bias depends on the query's position, which the prefix level (all queries as
+    one request) does not keep, and a sink must enter the softmax once, after the merge."""
+    blockers = []
+    if getattr(vllm_config.model_config, "disable_cascade_attn", True):
+        blockers.append("cascade attention is disabled (disable_cascade_attn)")
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        blockers.append("vLLM's V2 model runner does not use cascade attention")
+    if window_lefts != (NO_WINDOW,):
+        blockers.append(f"sliding windows {window_lefts}")
+    layers = get_layers_from_vllm_config(vllm_config, AttentionLayerBase, layer_names)
+    for name in ("alibi_slopes", "sinks"):
+        if any(getattr(layer.impl, name, None) is not None for layer in layers.values()):
+            blockers.append(f"layers with {name}")
+    return blockers
 
 
 class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
@@ -119,16 +257,34 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
 
         self.window_lefts = layer_window_lefts(vllm_config, layer_names, kv_cache_spec)
         num_ctas = self._num_ctas(kv_cache_spec.dtype)
-        self.planners = {
-            window_left: Planner(
-                max_requests=self.max_requests,
+
+        def make_planner(max_requests: int, slack: int) -> Planner:
+            return Planner(
+                max_requests=max_requests,
                 max_batched_tokens=scheduler_config.max_num_batched_tokens,
-                max_model_len=self.max_model_len + kv_len_slack,
+                max_model_len=self.max_model_len + slack,
                 num_qo_heads=self.num_qo_heads, num_kv_heads=self.num_kv_heads,
                 head_dim=self.head_dim, page_size=self.page_size, num_ctas=num_ctas,
-                device=device, kv_len_slack=kv_len_slack)
-            for window_left in self.window_lefts}
+                device=device, kv_len_slack=slack)
+
+        self.planners = {window_left: make_planner(self.max_requests, kv_len_slack)
+                         for window_left in self.window_lefts}
         self.attention = self._make_attention()
+
+        # Cascade levels (see the module docstring), allocated only where a step may use them.
+        self.cascade_prefix: CascadeLevelBuffers | None = None
+        self.cascade_prefix_qo_indptr: torch.Tensor | None = None
+        self.cascade_suffix: CascadeLevelBuffers | None = None
+        if not cascade_blockers(vllm_config, layer_names, self.window_lefts):
+            # Prefix level: one request with up to max_num_batched_tokens queries over at most
+            # a whole sequence of shared pages; its length is host-known, hence exact.
+            self.cascade_prefix = CascadeLevelBuffers(
+                make_planner(1, 0), 1, self.max_pages_per_req, device)
+            self.cascade_prefix_qo_indptr = torch.zeros(2, dtype=torch.int32, device=device)
+            # Suffix level: the batch's requests over their own pages, bounded as the batch's.
+            self.cascade_suffix = CascadeLevelBuffers(
+                make_planner(self.max_requests, kv_len_slack), self.max_requests,
+                self.max_requests * self.max_pages_per_req, device)
 
     @staticmethod
     def _num_qo_heads(vllm_config: "VllmConfig", layer_names: list[str]) -> int:
@@ -181,17 +337,91 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
                                 cam.seq_lens[:num_reqs], self.page_size, out=self.bsr_buffers)
 
         causal = bool(cam.causal)
+        cascade = (self._build_cascade(cam, common_prefix_len, qo_indptr_host, kv_len_host,
+                                       num_columns, causal)
+                   if common_prefix_len > 0 else None)
         plans = {}
-        for window_left, planner in self.planners.items():
-            variant = AttentionVariant(causal=causal, window_left=window_left)
-            attention = self.attention.get(window_left)
-            plans[window_left] = (attention.plan(qo_indptr_host, kv_len_host, variant)
-                                  if attention is not None
-                                  else planner.plan(qo_indptr_host, kv_len_host, variant))
+        if cascade is None:
+            for window_left, planner in self.planners.items():
+                plans[window_left] = plan_step(
+                    planner, self.attention.get(window_left), qo_indptr_host, kv_len_host,
+                    AttentionVariant(causal=causal, window_left=window_left))
         return FIMetadata(
             num_actual_tokens=cam.num_actual_tokens, num_reqs=num_reqs, causal=causal,
             qo_indptr=cam.query_start_loc, seq_lens=cam.seq_lens[:num_reqs],
-            slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=self.attention)
+            slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=self.attention,
+            cascade=cascade)
+
+    def use_cascade_attention(self, common_prefix_len: int, query_lens: np.ndarray,
+                              num_query_heads: int, num_kv_heads: int, use_alibi: bool,
+                              use_sliding_window: bool, use_local_attention: bool,
+                              num_sms: int, dcp_world_size: int) -> bool:
+        """vLLM's V1 runner asks this each step in which all requests share their first
+        `common_prefix_len` tokens; True makes it pass that length to build().
+
+        No cascade where a level could not express the layers' attention (windows, chunked
+        local attention, ALiBi, sinks: see `cascade_blockers`; decode context parallelism,
+        which fi_backend does not support), else `cascade_pays_off` decides. The tiles are
+        those of this group's planners (its own head counts; vLLM passes the same numbers)."""
+        if (self.cascade_prefix is None or use_alibi or use_sliding_window
+                or use_local_attention or dcp_world_size > 1):
+            return False
+        return cascade_pays_off(common_prefix_len, query_lens,
+                                gqa_group_size(self.num_qo_heads, self.num_kv_heads))
+
+    def _build_cascade(self, cam: CommonAttentionMetadata, prefix_len: int,
+                       qo_indptr_host: np.ndarray, kv_len_host: np.ndarray, num_columns: int,
+                       causal: bool) -> CascadeMetadata | None:
+        """The two levels of a shared-prefix step; None where this step cannot be cascaded
+        (more query tokens than prefix tokens, or no cascade levels in this group), which
+        build() then plans as one level, always correct."""
+        if prefix_len % self.page_size != 0:
+            raise ValueError(f"common_prefix_len {prefix_len} is not allowed: only whole pages "
+                             f"are shared, it must be a multiple of the page size "
+                             f"{self.page_size}")
+        num_query_tokens = int(qo_indptr_host[-1])
+        if self.cascade_prefix is None or num_query_tokens > prefix_len:
+            return None
+        q_len_host = np.diff(qo_indptr_host)
+        context_len_host = kv_len_host - q_len_host
+        overlapping = np.flatnonzero((q_len_host > 0) & (context_len_host < prefix_len))
+        if overlapping.size:
+            b = int(overlapping[0])
+            raise ValueError(
+                f"common_prefix_len {prefix_len} reaches into the queries of request {b} "
+                f"(at most {int(context_len_host[b])} tokens precede them); the shared prefix "
+                "must end before every request's first query")
+        num_reqs = cam.num_reqs
+        prefix_pages = prefix_len // self.page_size
+        block_table = cam.block_table_tensor[:num_reqs, :num_columns]
+        prefix, suffix = self.cascade_prefix, self.cascade_suffix
+
+        # Prefix level: all query tokens as one request over request 0's first pages (those
+        # every request shares), no mask: every query sits after the prefix.
+        self.cascade_prefix_qo_indptr[1:].fill_(num_query_tokens)
+        prefix_seq_lens = prefix.seq_lens[:1].fill_(prefix_len)
+        prefix_kv = block_table_to_bsr(block_table[:1, :prefix_pages], prefix_seq_lens,
+                                       self.page_size, out=prefix.bsr)
+        prefix_plan = prefix.plan(np.array([0, num_query_tokens], dtype=np.int32),
+                                  np.array([prefix_len], dtype=np.int32),
+                                  AttentionVariant(causal=False))
+
+        # Suffix level: each request over its pages after the prefix. Queries and keys both
+        # lose prefix_len positions, so the batch's causal mask holds unchanged. Requests
+        # without KV (CUDA-graph padding) stay empty.
+        suffix_seq_lens = torch.sub(cam.seq_lens[:num_reqs], prefix_len,
+                                    out=suffix.seq_lens[:num_reqs]).clamp_(min=0)
+        suffix_kv = block_table_to_bsr(block_table[:, prefix_pages:], suffix_seq_lens,
+                                       self.page_size, out=suffix.bsr)
+        suffix_plan = suffix.plan(qo_indptr_host,
+                                  np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
+                                  AttentionVariant(causal=causal))
+        return CascadeMetadata(
+            prefix_len=prefix_len, num_query_tokens=num_query_tokens,
+            prefix=CascadeLevel(self.cascade_prefix_qo_indptr, prefix_seq_lens, prefix_kv,
+                                False, prefix_plan, prefix.attention),
+            suffix=CascadeLevel(cam.query_start_loc, suffix_seq_lens, suffix_kv, causal,
+                                suffix_plan, suffix.attention))
 
     @staticmethod
     def _kv_len_upper_bounds(cam: CommonAttentionMetadata) -> np.ndarray:
