@@ -12,6 +12,7 @@ What stands in for hardware on a machine without a GPU:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -346,22 +347,30 @@ def spec(page_size: int = 16, sliding_window: int | None = None):
 
 class Batch:
     """A synthetic engine step: requests (q_len, kv_len) in vLLM's order, plus CUDA-graph
-    padding (requests with no query and no KV, tokens past the last query)."""
+    padding (requests with no query and no KV, tokens past the last query). With
+    `shared_pages`, every real request's first pages are the same (a prefix-cache hit)."""
 
-    def __init__(self, q_lens, kv_lens, page_size, padded_reqs=0, padded_tokens=0, seed=0):
+    def __init__(self, q_lens, kv_lens, page_size, padded_reqs=0, padded_tokens=0, seed=0,
+                 shared_pages=0):
         generator = torch.Generator().manual_seed(seed)
         self.q_lens = list(q_lens) + [0] * padded_reqs
         self.kv_lens = list(kv_lens) + [0] * padded_reqs
         self.page_size = page_size
         pages = [math.ceil(k / page_size) for k in self.kv_lens]
+        assert all(n >= shared_pages for n in pages[:len(q_lens)])
+        own_pages = [n - shared_pages if n else 0 for n in pages]
         max_blocks = max(pages) + 3  # vLLM's table is wider than any request needs
         # Page 0 is vLLM's null block: never a request's; real pages in shuffled order.
-        page_ids = (torch.randperm(sum(pages), generator=generator) + 1).tolist()
+        page_ids = (torch.randperm(shared_pages + sum(own_pages), generator=generator)
+                    + 1).tolist()
+        shared, page_ids = page_ids[:shared_pages], page_ids[shared_pages:]
         self.block_table = torch.zeros(len(self.q_lens), max_blocks, dtype=torch.int32)
-        for b, n in enumerate(pages):
-            self.block_table[b, :n] = torch.tensor(page_ids[:n], dtype=torch.int32)
-            page_ids = page_ids[n:]
-        self.num_pages = sum(pages) + 1
+        for b, (n, own) in enumerate(zip(pages, own_pages)):
+            if n:
+                self.block_table[b, :n] = torch.tensor(shared + page_ids[:own],
+                                                       dtype=torch.int32)
+                page_ids = page_ids[own:]
+        self.num_pages = shared_pages + sum(own_pages) + 1
         qo = np.concatenate([[0], np.cumsum(self.q_lens)]).astype(np.int32)
         self.qo_indptr = torch.from_numpy(qo)
         slots = []
@@ -536,3 +545,306 @@ def _to_cpu(kv):
     return replace(kv, indptr=kv.indptr.cpu(), indices=kv.indices.cpu(),
                    last_page_len=kv.last_page_len.cpu(), k_cache=kv.k_cache.cpu(),
                    v_cache=kv.v_cache.cpu())
+
+
+# --------------------------------------------------------------------------------------
+# Cascade attention (shared prefix): the prefix level and the suffix level, merged.
+
+
+@pytest.fixture
+def cascade_config(monkeypatch) -> VllmConfig:
+    """A config in which vLLM 0.26 asks for cascade: the V1 runner (the V2 one never does;
+    it is the default for dense models where Triton exists) and cascade opted in."""
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    config = engine_config(disable_cascade_attn=False)
+    # vLLM's CPU platform, standing in for the GPU here, turns cascade off; CUDA keeps it.
+    config.model_config.disable_cascade_attn = False
+    return config
+
+
+def cascade_builder(config: VllmConfig, page_size: int = 16, device: str = "cpu"):
+    builder = FIMetadataBuilder(spec(page_size), [], config, torch.device(device))
+    assert builder.cascade_prefix is not None and builder.cascade_suffix is not None
+    return builder
+
+
+def ask_cascade(builder, common_prefix_len, query_lens, use_alibi=False,
+                use_sliding_window=False, use_local_attention=False, dcp_world_size=1):
+    """use_cascade_attention called as vLLM 0.26's V1 runner calls it."""
+    return builder.use_cascade_attention(
+        common_prefix_len=common_prefix_len, query_lens=np.asarray(query_lens, dtype=np.int32),
+        num_query_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS, use_alibi=use_alibi,
+        use_sliding_window=use_sliding_window, use_local_attention=use_local_attention,
+        num_sms=132, dcp_world_size=dcp_world_size)
+
+
+@pytest.mark.parametrize("common_prefix_len, query_lens, flags, expected", [
+    (1024, [1] * 64, {}, True),  # the shared-prefix decode step: 64 prefix reads -> 2
+    (256, [1] * 8, {}, True),  # the smallest prefix and batch that qualify
+    (240, [1] * 64, {}, False),  # prefix too short to pay for a second pass
+    (1024, [1] * 7, {}, False),  # too few requests
+    (1024, [4] * 16, {}, True),  # speculative decoding rows (1 + 3 drafts)
+    (1024, [1] * 60 + [300], {}, True),  # decodes and a prefill: 70 prefix reads -> 12
+    (2048, [128] * 8, {}, False),  # prefills fill their tiles either way: 32 reads -> 32
+    (512, [16] * 64, {}, False),  # 1024 query tokens, more than the 512 prefix tokens
+    (1024, [1] * 64, {"use_alibi": True}, False),
+    (1024, [1] * 64, {"use_sliding_window": True}, False),
+    (1024, [1] * 64, {"use_local_attention": True}, False),
+    (1024, [1] * 64, {"dcp_world_size": 2}, False),
+])
+def test_use_cascade_attention_decisions(cascade_config, common_prefix_len, query_lens, flags,
+                                         expected):
+    builder = cascade_builder(cascade_config)
+    assert ask_cascade(builder, common_prefix_len, query_lens, **flags) is expected
+
+
+def test_cascade_levels_exist_only_where_vllm_may_ask_for_them(cascade_config, monkeypatch):
+    """No planners, buffers or workspaces for cascade where no step can use it."""
+    from vllm.model_executor.layers.attention import Attention
+
+    def levels(config, kv_spec, layer_names=()):
+        builder = FIMetadataBuilder(kv_spec, list(layer_names), config, torch.device("cpu"))
+        return builder.cascade_prefix, ask_cascade(builder, 1024, [1] * 64)
+
+    assert levels(engine_config(), spec()) == (None, False)  # vLLM's default: cascade off
+    assert levels(cascade_config, spec(16, sliding_window=64)) == (None, False)
+    # Real vLLM layers with sinks: a sink may enter the softmax only once, after the merge.
+    names = [f"model.layers.{i}.self_attn.attn" for i in range(2)]
+    with set_current_vllm_config(cascade_config):
+        for name in names:
+            Attention(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS, prefix=name,
+                      attn_backend=FIBackend, sinks=torch.zeros(NUM_QO_HEADS))
+    assert levels(cascade_config, spec(), names) == (None, False)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # the V2 runner never cascades
+    assert levels(cascade_config, spec()) == (None, False)
+
+
+SHARED_PREFIX_BATCHES = {
+    # (prefix tokens, batch): every request's context holds at least the prefix.
+    "decode": (512, dict(q_lens=[1] * 12, kv_lens=[513, 514, 528, 529, 600, 700, 777, 800,
+                                                    1000, 1024, 1100, 1500])),
+    "spec_and_prefill": (256, dict(q_lens=[4] * 9 + [1, 60],
+                                   kv_lens=[260, 261, 300, 333, 400, 420, 500, 512, 900, 257,
+                                            316])),
+    "padded_for_graphs": (320, dict(q_lens=[1] * 9, kv_lens=[321, 330, 400, 640, 641, 700,
+                                                             800, 900, 1000],
+                                    padded_reqs=3, padded_tokens=5)),
+}
+
+
+def shared_prefix_batch(name: str, page_size: int, seed: int = 0) -> tuple[int, Batch]:
+    prefix_len, batch_args = SHARED_PREFIX_BATCHES[name]
+    assert prefix_len % page_size == 0
+    return prefix_len, Batch(page_size=page_size, shared_pages=prefix_len // page_size,
+                             seed=seed, **batch_args)
+
+
+def execute_cascade(metadata, q: torch.Tensor, kv, variant: AttentionVariant):
+    """The cascade step on the CPU: each level's plan through the plan executor, the two
+    states merged by LSE."""
+    cascade = metadata.cascade
+    real = cascade.num_query_tokens
+    states = []
+    for level in (cascade.prefix, cascade.suffix):
+        level_variant = dataclasses.replace(variant, causal=level.causal)
+        states.append(execute_plan_reference(
+            level.plan, q, level.qo_indptr, level.kv.with_cache(kv.k_cache, kv.v_cache),
+            level_variant, level.seq_lens))
+    (o_prefix, lse_prefix), (o_suffix, lse_suffix) = states
+    return reference.merge_state_pair(o_prefix[:real], lse_prefix[:real], o_suffix[:real],
+                                      lse_suffix[:real])
+
+
+def check_cascade_metadata(batch: Batch, prefix_len: int, metadata, seed: int = 1):
+    """Prefix level = request 0's first pages for all queries; suffix level = each request's
+    later pages; executed and merged, they equal the oracle over the whole sequences."""
+    page_size = batch.page_size
+    prefix_pages = prefix_len // page_size
+    real = int(batch.qo_indptr[-1])
+    cascade = metadata.cascade
+    assert cascade is not None and metadata.plans == {}
+    assert (cascade.prefix_len, cascade.num_query_tokens) == (prefix_len, real)
+
+    prefix = cascade.prefix
+    assert not prefix.causal and prefix.qo_indptr.tolist() == [0, real]
+    assert prefix.seq_lens.tolist() == [prefix_len]
+    assert prefix.kv.indptr.tolist() == [0, prefix_pages]
+    assert prefix.kv.indices[:prefix_pages].tolist() == batch.block_table[0, :prefix_pages].tolist()
+    assert prefix.kv.last_page_len.tolist() == [page_size]
+
+    suffix = cascade.suffix
+    suffix_lens = [max(kv_len - prefix_len, 0) for kv_len in batch.kv_lens]
+    assert suffix.causal and suffix.qo_indptr.tolist() == batch.qo_indptr.tolist()
+    assert suffix.seq_lens.tolist() == suffix_lens
+    suffix_pages = [batch.block_table[b, prefix_pages:math.ceil(kv_len / page_size)].tolist()
+                    for b, kv_len in enumerate(batch.kv_lens) if kv_len]
+    indptr = suffix.kv.indptr.tolist()
+    assert indptr == [0] + np.cumsum([len(p) for p in suffix_pages]
+                                     + [0] * (len(batch.kv_lens) - len(suffix_pages))).tolist()
+    assert suffix.kv.indices[:indptr[-1]].tolist() == sum(suffix_pages, [])
+
+    generator = torch.Generator().manual_seed(seed)
+    cache_shape = (batch.num_pages, page_size, NUM_KV_HEADS, HEAD_DIM)
+    kv = metadata.kv.with_cache(torch.randn(cache_shape, generator=generator),
+                                torch.randn(cache_shape, generator=generator))
+    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM, generator=generator)
+    # Soft-cap and scale act per logit: the same in both levels.
+    variant = AttentionVariant(causal=True, logits_soft_cap=30.0, sm_scale=0.1)
+    o, lse = execute_cascade(metadata, q, kv, variant)
+    o_ref, lse_ref = reference.batch_attention(q[:real], batch.qo_indptr, kv, variant)
+    torch.testing.assert_close(o, o_ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", SHARED_PREFIX_BATCHES)
+@pytest.mark.parametrize("page_size", [16, 64])
+def test_build_with_common_prefix_gives_levels_the_oracle_expects(cascade_config, name,
+                                                                  page_size):
+    builder = cascade_builder(cascade_config, page_size)
+    prefix_len, batch = shared_prefix_batch(name, page_size)
+    assert ask_cascade(builder, prefix_len, SHARED_PREFIX_BATCHES[name][1]["q_lens"])
+    cam = batch.common_attn_metadata()
+    check_cascade_metadata(batch, prefix_len, builder.build(prefix_len, cam))
+    assert cam._seq_lens_cpu is None  # host planning read only host data
+
+
+def test_cascade_with_kv_length_upper_bounds(monkeypatch):
+    """Speculative rows whose host KV lengths overshoot (all drafts assumed accepted): the
+    suffix level plans from the bounds less the prefix, kernels clamp to the exact lengths."""
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    config = engine_config(speculative_config={
+        "method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+        "prompt_lookup_min": 2})
+    config.model_config.disable_cascade_attn = False
+    builder = cascade_builder(config)
+    prefix_len, batch = shared_prefix_batch("spec_and_prefill", 16, seed=4)
+    check_cascade_metadata(batch, prefix_len,
+                           builder.build(prefix_len, batch.common_attn_metadata(3)))
+
+
+def test_cascade_and_plain_steps_alternate_on_persistent_buffers(cascade_config):
+    builder = cascade_builder(cascade_config)
+    first_len, first = shared_prefix_batch("decode", 16)
+    second_len, second = shared_prefix_batch("spec_and_prefill", 16, seed=2)
+    a = builder.build(first_len, first.common_attn_metadata())
+    check_cascade_metadata(first, first_len, a)
+    plain = Batch(**BATCHES["mixed"], page_size=16)
+    check_metadata(builder, plain, builder.build(0, plain.common_attn_metadata()))
+    b = builder.build(second_len, second.common_attn_metadata())
+    check_cascade_metadata(second, second_len, b)
+
+    def level_buffers(level):
+        return (level.kv.indptr, level.kv.indices, level.kv.last_page_len, level.seq_lens,
+                level.plan.buffer)
+
+    for level_a, level_b in ((a.cascade.prefix, b.cascade.prefix),
+                             (a.cascade.suffix, b.cascade.suffix)):
+        for x, y in zip(level_buffers(level_a), level_buffers(level_b)):
+            assert x.data_ptr() == y.data_ptr()
+    assert a.cascade.prefix.qo_indptr.data_ptr() == b.cascade.prefix.qo_indptr.data_ptr()
+    # The levels' plan buffers are their own: a graph captured on the plain plan stays valid.
+    plain_buffer = builder.planners[-1].buffer.data_ptr()
+    assert plain_buffer not in (b.cascade.prefix.plan.buffer.data_ptr(),
+                                b.cascade.suffix.plan.buffer.data_ptr())
+
+
+def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(cascade_config):
+    builder = cascade_builder(cascade_config)
+    # 20 requests x 30 query tokens = 600 > a 256-token prefix: the plain plan, still exact.
+    batch = Batch(q_lens=[30] * 20, kv_lens=[300 + 7 * b for b in range(20)], page_size=16,
+                  shared_pages=16)
+    metadata = builder.build(256, batch.common_attn_metadata())
+    assert metadata.cascade is None
+    check_metadata(builder, batch, metadata)
+
+
+@pytest.mark.parametrize("common_prefix_len, message", [
+    (264, "common_prefix_len 264 is not allowed: only whole pages are shared, it must be a "
+          "multiple of the page size 16"),
+    (528, "common_prefix_len 528 reaches into the queries of request 0 (at most 512 tokens "
+          "precede them)"),
+])
+def test_build_refuses_an_impossible_common_prefix(cascade_config, common_prefix_len, message):
+    builder = cascade_builder(cascade_config)
+    _, batch = shared_prefix_batch("decode", 16)
+    with pytest.raises(ValueError) as error:
+        builder.build(common_prefix_len, batch.common_attn_metadata())
+    assert message in str(error.value)
+
+
+def test_cascade_metadata_is_refused_by_a_layer_with_sinks(cascade_config):
+    builder = cascade_builder(cascade_config)
+    prefix_len, batch = shared_prefix_batch("decode", 16)
+    metadata = builder.build(prefix_len, batch.common_attn_metadata())
+    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS,
+                           sinks=torch.zeros(NUM_QO_HEADS))
+    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM)
+    output = torch.full_like(q, float("nan"))
+    with pytest.raises(ValueError, match="cascade metadata reached a layer with sinks"):
+        impl.forward(None, q, q[:, :NUM_KV_HEADS], q[:, :NUM_KV_HEADS],
+                     vllm_kv_cache(batch.num_pages, 16, torch.float32), metadata, output)
+    assert torch.isnan(output).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("soft_cap", [0.0, 30.0])
+@pytest.mark.parametrize("batch_name", SHARED_PREFIX_BATCHES)
+def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, batch_name,
+                                                              soft_cap):
+    device = torch.device("cuda")
+    generator = torch.Generator().manual_seed(5)
+    builder = cascade_builder(cascade_config, 16, "cuda")
+    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS,
+                           logits_soft_cap=soft_cap)
+    prefix_len, batch = shared_prefix_batch(batch_name, 16)
+    kv_cache = vllm_kv_cache(batch.num_pages, 16).to(device)
+    cam = batch.common_attn_metadata()
+    for field in ("query_start_loc", "seq_lens", "block_table_tensor", "slot_mapping"):
+        setattr(cam, field, getattr(cam, field).to(device))
+    k_new, v_new, q = (torch.randn(batch.num_tokens, heads, HEAD_DIM, generator=generator)
+                       .to(torch.bfloat16).to(device)
+                       for heads in (NUM_KV_HEADS, NUM_KV_HEADS, NUM_QO_HEADS))
+    impl.do_kv_cache_update(None, k_new, v_new, kv_cache, cam.slot_mapping)
+
+    outputs = {}
+    for common_prefix_len in (prefix_len, 0):  # the cascade step, then the same step plain
+        metadata = builder.build(common_prefix_len, cam)
+        assert (metadata.cascade is not None) == (common_prefix_len > 0)
+        output = torch.full_like(q, float("nan"))
+        impl.forward(None, q, k_new, v_new, kv_cache, metadata, output)
+        outputs[common_prefix_len] = output.float().cpu()
+
+    k_view, v_view = kv_cache.permute(0, 2, 1, 3).split(HEAD_DIM, dim=-1)
+    kv = metadata.kv.with_cache(k_view.float(), v_view.float())
+    variant = AttentionVariant(causal=True, logits_soft_cap=soft_cap, sm_scale=HEAD_DIM ** -0.5)
+    real = int(batch.qo_indptr[-1])
+    o_ref, _ = reference.batch_attention(q[:real].float().cpu(), batch.qo_indptr, _to_cpu(kv),
+                                         variant)
+    cascade, plain = outputs[prefix_len], outputs[0]
+    for output in (cascade, plain):
+        assert (output[:real] - o_ref).norm() / o_ref.norm() < 1e-2
+        assert torch.isnan(output[real:]).all()  # padding rows are left untouched
+    assert (cascade[:real] - plain[:real]).norm() / plain[:real].norm() < 1e-2
+
+
+@pytest.mark.gpu
+def test_cascade_step_refuses_cuda_graph_capture(cascade_config):
+    """vLLM never captures a cascade step (it excludes FULL graphs for it); were one
+    captured, replays would run its levels' plans on later steps: refused."""
+    device = torch.device("cuda")
+    builder = cascade_builder(cascade_config, 16, "cuda")
+    prefix_len, batch = shared_prefix_batch("decode", 16)
+    cam = batch.common_attn_metadata()
+    for field in ("query_start_loc", "seq_lens", "block_table_tensor", "slot_mapping"):
+        setattr(cam, field, getattr(cam, field).to(device))
+    metadata = builder.build(prefix_len, cam)
+    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS)
+    kv_cache = vllm_kv_cache(batch.num_pages, 16).to(device)
+    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM, device=device,
+                    dtype=torch.bfloat16)
+    output = torch.zeros_like(q)
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="must run eagerly"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            impl.forward(None, q, q[:, :NUM_KV_HEADS], q[:, :NUM_KV_HEADS], kv_cache,
+                         metadata, output)
