@@ -629,6 +629,9 @@ SHARED_PREFIX_BATCHES = {
     "padded_for_graphs": (320, dict(q_lens=[1] * 9, kv_lens=[321, 330, 400, 640, 641, 700,
                                                              800, 900, 1000],
                                     padded_reqs=3, padded_tokens=5)),
+    # A prefix long enough for the prefix level's plan to split it across CTAs and merge.
+    "long_prefix": (1536, dict(q_lens=[1] * 10, kv_lens=[1537, 1540, 1600, 1650, 1700, 1800,
+                                                         1900, 2000, 2040, 2048])),
 }
 
 
@@ -704,8 +707,11 @@ def test_build_with_common_prefix_gives_levels_the_oracle_expects(cascade_config
     prefix_len, batch = shared_prefix_batch(name, page_size)
     assert ask_cascade(builder, prefix_len, SHARED_PREFIX_BATCHES[name][1]["q_lens"])
     cam = batch.common_attn_metadata()
-    check_cascade_metadata(batch, prefix_len, builder.build(prefix_len, cam))
+    metadata = builder.build(prefix_len, cam)
+    check_cascade_metadata(batch, prefix_len, metadata)
     assert cam._seq_lens_cpu is None  # host planning read only host data
+    if name == "long_prefix":
+        assert metadata.cascade.prefix.plan.num_merge_items > 0
 
 
 def test_cascade_with_kv_length_upper_bounds(monkeypatch):
