@@ -30,7 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fi_backend import _C  # noqa: E402
 from fi_backend.attention import BatchAttention, ctas_per_sm  # noqa: E402
+from fi_backend.bench.sass import extension_instruction_mix  # noqa: E402
 from fi_backend.metadata.block_sparse import BlockSparseKV  # noqa: E402
 from fi_backend.metadata.planner import Planner  # noqa: E402
 from fi_backend.variants import AttentionVariant  # noqa: E402
@@ -271,10 +273,29 @@ def main() -> None:
         print(format_row(row), flush=True)
 
     print("\n" + table(results))
+    sass = sass_check(args.family)
     args.out.write_text(json.dumps({
         "device": props.name, "sms": props.multi_processor_count, "num_ctas": num_ctas,
-        "family": args.family,
+        "family": args.family, "sass": sass,
         "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": results}, indent=1))
+
+
+def sass_check(family: str) -> dict:
+    """The instruction mix of the family's attention kernels (HGMMA must be present in the
+    Hopper ones); {"skipped": reason} when cuobjdump cannot be run."""
+    kernel = "batch_attention_sm90_kernel" if family == "sm90" else "batch_attention_kernel"
+    try:
+        mix = extension_instruction_mix(_C.__file__, kernel)
+    except RuntimeError as error:
+        print(f"SASS check skipped: {error}")
+        return {"skipped": str(error)}
+    print(f"\nSASS instruction mix of the {family} attention kernels ({len(mix)} instantiations):")
+    for name, counts in mix.items():
+        print(f"  {name[:72]}: " + ", ".join(f"{op} {n}" for op, n in counts.items()))
+    if family == "sm90":
+        with_hgmma = sum(1 for counts in mix.values() if counts["HGMMA"] > 0)
+        print(f"HGMMA present in {with_hgmma} of {len(mix)} sm90 attention kernels")
+    return mix
 
 
 def format_row(row) -> str:
