@@ -19,6 +19,7 @@
 // the second one idle) skips the math.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -143,39 +144,67 @@ __device__ __forceinline__ void fence_gemm_operand(Frag& frag) {
   cute::warpgroup_fence_operand(frag);
 }
 
-// Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring.
+// The CTA's KV tiles in the order the ring carries them (every tile of every work item, empty
+// items skipped), so that the producer can look one tile ahead across item boundaries.
+template <typename Gather, int TILE_KV>
+struct KvTileCursor {
+  int w;        // current work item
+  int last;     // one past the CTA's last work item
+  int tile_lo;  // first key of the current tile
+  typename Gather::Source source;
+
+  __device__ __forceinline__ KvTileCursor(int first, int last_item) : w(first - 1), last(last_item) {
+    tile_lo = 0;
+    source.kv_hi = 0;  // with tile_lo + TILE_KV >= kv_hi, next() starts with item `first`
+  }
+
+  // Moves to the next tile; false once the CTA's items are exhausted.
+  __device__ __forceinline__ bool next(const BatchAttentionParams& p,
+                                       const AttentionVariant& variant, const Gather& gather) {
+    tile_lo += TILE_KV;
+    while (tile_lo >= source.kv_hi) {
+      if (++w >= last) return false;
+      const WorkItem item = load_work_item(p, variant, w);
+      source = gather.source(p, item.kv_head, item.page_begin, item.kv_hi);
+      tile_lo = item.kv_lo;
+    }
+    return true;
+  }
+};
+
+// Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring. The work
+// item and page-table loads of tile t + 1 are issued before waiting for tile t's stage, so
+// neither sits between a released stage and its copies.
 template <typename T, typename Config>
 __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
                                            const AttentionVariant& variant,
                                            typename Config::SharedStorage& smem, int first,
                                            int last) {
   using namespace cute;
+  using SharedStorage = typename Config::SharedStorage;
   constexpr int kTileKv = Config::kTileKv;
-  using Gather = PagedKvGather<T, Config::kHeadDim, kTileKv, kWarpgroupThreads>;
+  using Gather = PagedKvGather<T, typename Config::SmemLayoutKv, Config::kHeadDim, kTileKv,
+                               Config::kStages, kWarpgroupThreads>;
+  constexpr int kVMinusK =
+      static_cast<int>(offsetof(SharedStorage, v) - offsetof(SharedStorage, k));
   Tensor k_tiles = make_tensor(make_smem_ptr(smem.k), typename Config::SmemLayoutKv{});
-  Tensor v_tiles = make_tensor(make_smem_ptr(smem.v), typename Config::SmemLayoutKv{});
-  const int thread = threadIdx.x % kWarpgroupThreads;
+  const Gather gather(p, k_tiles, threadIdx.x % kWarpgroupThreads);
 
-  Gather gather;
-  gather.k_stride_page = p.k_stride_page;
-  gather.k_stride_token = p.k_stride_token;
-  gather.v_stride_page = p.v_stride_page;
-  gather.v_stride_token = p.v_stride_token;
-  gather.page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
-
+  KvTileCursor<Gather, kTileKv> cursor(first, last);
+  bool more = cursor.next(p, variant, gather);
+  typename Gather::TileLookup lookup{};
+  if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
   RingPosition<Config::kStages> at;
-  for (int w = first; w < last; ++w) {
-    const WorkItem item = load_work_item(p, variant, w);
-    gather.k_head = static_cast<const T*>(p.k) + item.kv_head * p.k_stride_head;
-    gather.v_head = static_cast<const T*>(p.v) + item.kv_head * p.v_stride_head;
-    gather.pages = p.kv_indices + item.page_begin;
-    gather.kv_hi = item.kv_hi;
-    for (int tile_lo = item.kv_lo; tile_lo < item.kv_hi; tile_lo += kTileKv) {
-      smem.ring.producer_acquire(at);
-      gather.load(thread, tile_lo, k_tiles(_, _, at.stage), v_tiles(_, _, at.stage));
-      smem.ring.producer_commit(at);
-      at.advance();
-    }
+  while (more) {
+    const typename Gather::Source source = cursor.source;
+    const int tile_lo = cursor.tile_lo;
+    const typename Gather::TileLookup current = lookup;
+    more = cursor.next(p, variant, gather);
+    if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
+    smem.ring.producer_acquire(at);
+    gather.template load<kVMinusK>(source, tile_lo, current, at.stage);
+    smem.ring.producer_commit(at);
+    at.advance();
   }
   // Exit only once this thread's last copies have landed.
   cp_async_wait_all();
