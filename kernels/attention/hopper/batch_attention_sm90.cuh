@@ -290,16 +290,18 @@ struct ThreadRows {
       // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
       const float base = m_new == kNegInf ? 0.f : m_new;
       rescale[h] = fast_exp2(m[h] - base);
-      d[h] *= rescale[h];
+      // Four partial sums keep the row sum's dependency chain a quarter as long.
+      float partial[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& x = s(e + 2 * h + 4 * j);
           x = fast_exp2(fmaf(x, s_to_log2, -base));
-          d[h] += x;
+          partial[(2 * j + e) % 4] += x;
         }
       }
+      d[h] = fmaf(d[h], rescale[h], (partial[0] + partial[1]) + (partial[2] + partial[3]));
       m[h] = m_new;
     }
   }
@@ -379,8 +381,9 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   // with key 8 j + 2 (lane % 4) + e), so P is S converted element by element.
   Tensor p_frag =
       make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{}));
+  Tensor p_pairs = recast<std::uint32_t>(p_frag);  // (e = 0, e = 1) element pairs
   static_assert(size(s_acc) == kTileKv / 2 && size(o_acc) == D / 2 &&
-                    size(p_frag) == size(s_acc),
+                    size(p_frag) == size(s_acc) && size(p_pairs) * 2 == size(p_frag),
                 "accumulator fragments as described above");
 
   const bool transforms = variant.transforms_logits();
@@ -446,13 +449,20 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
         warpgroup_wait<0>();
         fence_gemm_operand(o_acc);
         fence_gemm_operand(p_frag);
+        // Once a row's maximum has settled (most tiles of a long row) its factor is exactly 1;
+        // the warp skips the multiplies when that holds for all of its rows.
+        if (__any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f)) {
 #pragma unroll
-        for (int j = 0; j < kBlocksO; ++j) {
+          for (int j = 0; j < kBlocksO; ++j) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) o_acc(i + 4 * j) *= rescale[i / 2];
+            for (int i = 0; i < 4; ++i) o_acc(i + 4 * j) *= rescale[i / 2];
+          }
         }
+        // Two elements per conversion (one F2FP each), in P's register order.
 #pragma unroll
-        for (int i = 0; i < size(s_acc); ++i) p_frag(i) = static_cast<Element>(s_acc(i));
+        for (int i = 0; i < size(p_pairs); ++i) {
+          p_pairs(i) = mma::pack2<T>(s_acc(2 * i), s_acc(2 * i + 1));
+        }
       }
       if (t > 0) smem.ring.consumer_release(previous);
       previous = at;
