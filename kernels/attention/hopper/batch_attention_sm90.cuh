@@ -509,7 +509,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1)
   extern __shared__ __align__(1024) std::uint8_t smem_base[];
   auto& smem = *reinterpret_cast<typename Config::SharedStorage*>(smem_base);
   if (threadIdx.x == 0) {
-    smem.ring.init(kWarpgroupThreads, kConsumerWarpgroups * kWarpgroupThreads);
+    smem.ring.init(kWarpgroupThreads, kConsumerWarpgroups * kWarpgroupThreads / 32);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();

@@ -5,8 +5,9 @@
 //   full[s]   completes when the producer's cp.async copies into stage s have landed; each of
 //             the kProducerThreads producer threads arrives once, asynchronously, through
 //             cp.async.mbarrier.arrive.noinc (the arrival fires when the thread's copies finish);
-//   empty[s]  completes when every consumer thread is done reading stage s (one plain arrive
-//             per consumer thread, after its wgmma reading the stage has retired).
+//   empty[s]  completes when every consumer warp is done reading stage s (one plain arrive
+//             per consumer warp, by lane 0 after the warp's wgmma reading the stage retired:
+//             the wgmma wait is warp-collective, so lane 0 past it speaks for its warp).
 // Both sides walk the stages in the same order, so one (stage, phase) counter per side says
 // which phase of which barrier to wait on.
 //
@@ -47,11 +48,11 @@ struct KvRingBarriers {
   std::uint64_t empty[STAGES];
 
   // One thread initializes; the caller makes the init visible (fence + __syncthreads).
-  __device__ __forceinline__ void init(int producer_threads, int consumer_threads) {
+  __device__ __forceinline__ void init(int producer_threads, int consumer_warps) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
       cutlass::arch::ClusterBarrier::init(&full[s], producer_threads);
-      cutlass::arch::ClusterBarrier::init(&empty[s], consumer_threads);
+      cutlass::arch::ClusterBarrier::init(&empty[s], consumer_warps);
     }
   }
 
@@ -70,8 +71,9 @@ struct KvRingBarriers {
     cutlass::arch::ClusterBarrier::wait(&full[at.stage], at.phase);
     cutlass::arch::fence_view_async_shared();
   }
+  // Called by every lane of a consumer warp, converged.
   __device__ __forceinline__ void consumer_release(const RingPosition<STAGES>& at) {
-    cutlass::arch::ClusterBarrier::arrive(&empty[at.stage]);
+    if (threadIdx.x % 32 == 0) cutlass::arch::ClusterBarrier::arrive(&empty[at.stage]);
   }
 };
 
