@@ -158,19 +158,43 @@ struct KvTileCursor {
     source.kv_hi = 0;  // with tile_lo + TILE_KV >= kv_hi, next() starts with item `first`
   }
 
-  // Moves to the next tile; false once the CTA's items are exhausted.
+  // Moves to the next tile; false once the CTA's items are exhausted. Calls
+  // on_item(const WorkItem&) for each item it enters, empty ones included.
+  template <typename OnItem>
   __device__ __forceinline__ bool next(const BatchAttentionParams& p,
-                                       const AttentionVariant& variant, const Gather& gather) {
+                                       const AttentionVariant& variant, const Gather& gather,
+                                       OnItem&& on_item) {
     tile_lo += TILE_KV;
     while (tile_lo >= source.kv_hi) {
       if (++w >= last) return false;
       const WorkItem item = load_work_item(p, variant, w);
+      on_item(item);
       source = gather.source(p, item.kv_head, item.page_begin, item.kv_hi);
       tile_lo = item.kv_lo;
     }
     return true;
   }
 };
+
+// Pulls the query rows of a work item into L2 (prefetch only: nothing reaches the SM), so that
+// the consumers' Q load at the start of the item hits L2 instead of DRAM. The producer issues
+// it when its cursor enters the item, a tile or more (the ring's depth) before the consumers
+// get there. A row not 128-byte aligned may leave its last line unfetched; that costs only time.
+template <typename T, int HEAD_DIM>
+__device__ __forceinline__ void prefetch_q_rows_to_l2(const BatchAttentionParams& p,
+                                                      const WorkItem& item, int thread) {
+  constexpr int kLineBytes = 128;
+  constexpr int kLinesPerRow = (HEAD_DIM * static_cast<int>(sizeof(T)) + kLineBytes - 1) / kLineBytes;
+  const char* q = static_cast<const char*>(p.q);
+  for (int idx = thread; idx < item.rows * kLinesPerRow; idx += kWarpgroupThreads) {
+    const int row = idx / kLinesPerRow;
+    const std::int64_t token = item.q_token0 + item.row_token(row);
+    const std::int64_t head = item.row_head(row);
+    const char* line = q + (token * p.q_stride_token + head * p.q_stride_head) * sizeof(T) +
+                       (idx % kLinesPerRow) * kLineBytes;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+  }
+}
 
 // Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring. The work
 // item and page-table loads of tile t + 1 are issued before waiting for tile t's stage, so
@@ -188,10 +212,14 @@ __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
   constexpr int kVMinusK =
       static_cast<int>(offsetof(SharedStorage, v) - offsetof(SharedStorage, k));
   Tensor k_tiles = make_tensor(make_smem_ptr(smem.k), typename Config::SmemLayoutKv{});
-  const Gather gather(p, k_tiles, threadIdx.x % kWarpgroupThreads);
+  const int thread = threadIdx.x % kWarpgroupThreads;
+  const Gather gather(p, k_tiles, thread);
+  const auto prefetch_q = [&](const WorkItem& item) {
+    prefetch_q_rows_to_l2<T, Config::kHeadDim>(p, item, thread);
+  };
 
   KvTileCursor<Gather, kTileKv> cursor(first, last);
-  bool more = cursor.next(p, variant, gather);
+  bool more = cursor.next(p, variant, gather, prefetch_q);
   typename Gather::TileLookup lookup{};
   if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
   RingPosition<Config::kStages> at;
@@ -199,7 +227,7 @@ __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
     const typename Gather::Source source = cursor.source;
     const int tile_lo = cursor.tile_lo;
     const typename Gather::TileLookup current = lookup;
-    more = cursor.next(p, variant, gather);
+    more = cursor.next(p, variant, gather, prefetch_q);
     if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
     smem.ring.producer_acquire(at);
     gather.template load<kVMinusK>(source, tile_lo, current, at.stage);
