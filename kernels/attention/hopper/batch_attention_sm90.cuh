@@ -153,8 +153,8 @@ struct KvTileCursor {
   int tile_lo;  // first key of the current tile
   typename Gather::Source source;
 
-  __device__ __forceinline__ KvTileCursor(int first, int last_item) : w(first - 1), last(last_item) {
-    tile_lo = 0;
+  __device__ __forceinline__ KvTileCursor(int first, int last_item)
+      : w(first - 1), last(last_item), tile_lo(0) {
     source.kv_hi = 0;  // with tile_lo + TILE_KV >= kv_hi, next() starts with item `first`
   }
 
@@ -184,7 +184,8 @@ template <typename T, int HEAD_DIM>
 __device__ __forceinline__ void prefetch_q_rows_to_l2(const BatchAttentionParams& p,
                                                       const WorkItem& item, int thread) {
   constexpr int kLineBytes = 128;
-  constexpr int kLinesPerRow = (HEAD_DIM * static_cast<int>(sizeof(T)) + kLineBytes - 1) / kLineBytes;
+  constexpr int kRowBytes = HEAD_DIM * static_cast<int>(sizeof(T));
+  constexpr int kLinesPerRow = (kRowBytes + kLineBytes - 1) / kLineBytes;
   const char* q = static_cast<const char*>(p.q);
   for (int idx = thread; idx < item.rows * kLinesPerRow; idx += kWarpgroupThreads) {
     const int row = idx / kLinesPerRow;
@@ -406,7 +407,7 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   Tensor s_acc = partition_fragment_C(mma_qk, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{});
   Tensor o_acc = partition_fragment_C(mma_pv, Shape<Int<kWarpgroupRows>, Int<D>>{});
   // P as the A operand of O += P V. Its register order equals S's (flat index e + 2 h + 4 j
-  // with key 8 j + 2 (lane % 4) + e), so P is S converted element by element.
+  // with key 8 j + 2 (lane % 4) + e), so P is S converted in place, a pair at a time.
   Tensor p_frag =
       make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{}));
   Tensor p_pairs = recast<std::uint32_t>(p_frag);  // (e = 0, e = 1) element pairs
