@@ -418,38 +418,60 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   const bool transforms = variant.transforms_logits();
   const float s_to_log2 = transforms ? 1.f : variant.params.sm_scale * kLog2e;
 
+  // Issues (and commits as one cp.async group) the copies of this warpgroup's Q rows of `it`
+  // into its Q tile; rows past it.rows become zeros. The caller has made sure that no wgmma
+  // still reads the tile.
+  const auto issue_q_load = [&](const WorkItem& it) {
+    const T* q = static_cast<const T*>(p.q);
+    for (int idx = thread; idx < kWarpgroupRows * kChunksPerRow; idx += kWarpgroupThreads) {
+      const int row = idx / kChunksPerRow;
+      const int chunk = idx % kChunksPerRow;
+      const int item_row = wg * kWarpgroupRows + row;
+      const bool valid = item_row < it.rows;
+      const std::int64_t token = it.q_token0 + (valid ? it.row_token(item_row) : 0);
+      const std::int64_t head = valid ? it.row_head(item_row) : 0;
+      const T* src = q + token * p.q_stride_token + head * p.q_stride_head + chunk * 8;
+      mma::cp_async_16(mma::smem_addr(&q_tile(row, chunk * 8)), src, valid);
+    }
+    mma::cp_async_commit();
+  };
+
   RingPosition<Config::kStages> at;
+  // Whether this warpgroup's Q rows of item w were already issued, during the last tile of
+  // item w - 1 (see below).
+  bool q_issued = false;
   for (int w = first; w < last; ++w) {
     const WorkItem item = load_work_item(p, variant, w);
     const bool has_rows = wg * kWarpgroupRows < item.rows;
+    // The next item, for its Q copies only: the fields they read are all that stays live
+    // through this item's tiles (the next iteration loads the item again, from L2).
+    // (Without a next item this reloads item w, unused: loading it unconditionally keeps the
+    // copies' operands free of the has_next select.)
+    const bool has_next = w + 1 < last;
+    const WorkItem next = load_work_item(p, variant, has_next ? w + 1 : w);
 
     if (has_rows) {
-      // Q rows of this warpgroup; rows past item.rows become zeros. The barrier before the
-      // copies keeps them from overwriting Q while a slower warp's wgmma of the previous
-      // item could still read it.
-      cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
-      const T* q = static_cast<const T*>(p.q);
-      for (int idx = thread; idx < kWarpgroupRows * kChunksPerRow; idx += kWarpgroupThreads) {
-        const int row = idx / kChunksPerRow;
-        const int chunk = idx % kChunksPerRow;
-        const int item_row = wg * kWarpgroupRows + row;
-        const bool valid = item_row < item.rows;
-        const std::int64_t token = item.q_token0 + (valid ? item.row_token(item_row) : 0);
-        const std::int64_t head = valid ? item.row_head(item_row) : 0;
-        const T* src = q + token * p.q_stride_token + head * p.q_stride_head + chunk * 8;
-        mma::cp_async_16(mma::smem_addr(&q_tile(row, chunk * 8)), src, valid);
+      if (!q_issued) {
+        // The barrier keeps the copies from overwriting Q while a slower warp's wgmma of the
+        // previous item could still read it.
+        cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
+        issue_q_load(item);
       }
-      mma::cp_async_commit();
       mma::cp_async_wait<0>();
       cutlass::arch::fence_view_async_shared();  // ordinary-proxy writes, wgmma reads
       cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
     }
+    q_issued = false;
 
     ThreadRows rows;
     rows.init(variant, item, thread_row0);
     clear(o_acc);
 
     const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
+    // The tile after whose S the next item's Q rows load; -1: none (no next item, or no rows
+    // of this warpgroup in it).
+    const int q_prefetch_tile =
+        has_next && wg * kWarpgroupRows < next.rows ? num_tiles - 1 : -1;
     const GemmTurns turns{wg, item.rows > kWarpgroupRows};
     turns.begin_item(num_tiles);
     RingPosition<Config::kStages> previous = at;  // the stage of tile t - 1
@@ -475,6 +497,14 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
         // Pins the softmax before the wait below; without it the compiler hoists the wait
         // (it sees no dependence) and the overlap is gone.
         fence_gemm_operand(s_acc);
+        // After the item's last S = Q K^T, this warpgroup's Q tile is free: the next item's Q
+        // rows load while P_{t-1} V_{t-1} and P_t V_t run, instead of stalling the next item's
+        // start. The barrier waits for every warp's part of that last S to have retired.
+        if (t == q_prefetch_tile) {
+          cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
+          issue_q_load(next);
+          q_issued = true;
+        }
         warpgroup_wait<0>();
         fence_gemm_operand(o_acc);
         fence_gemm_operand(p_frag);
