@@ -574,15 +574,16 @@ __global__ void __launch_bounds__(kSm90Threads, 1)
   __syncthreads();
 
   const AttentionVariant variant{p.variant};
-  const int first = p.plan.cta_work_indptr[blockIdx.x];
-  const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
   const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  // Each role reads the CTA's work range itself, after setmaxnreg: a value live across the
+  // register split ends up in local memory.
+  const int* work_indptr = p.plan.cta_work_indptr + blockIdx.x;
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Config::Registers::kProducer>();
-    produce_kv<T, Config>(p, variant, smem, first, last);
+    produce_kv<T, Config>(p, variant, smem, work_indptr[0], work_indptr[1]);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Config::Registers::kConsumer>();
-    consume<T, Config>(p, variant, smem, warpgroup - 1, first, last);
+    consume<T, Config>(p, variant, smem, warpgroup - 1, work_indptr[0], work_indptr[1]);
   }
 }
 
