@@ -3,6 +3,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
+#include <cstdint>
 #include <string>
 
 #include "attention/batch_attention.cuh"
@@ -15,6 +17,13 @@ namespace {
 
 void require(bool condition, const std::string& message) {
   if (!condition) throw std::invalid_argument("batch_attention_sm90: " + message);
+}
+
+// The producer keeps page and token strides of K and V as 32-bit byte counts.
+bool fits_int32_bytes(std::int64_t stride_elements) {
+  constexpr std::int64_t kElementBytes = 2;  // float16 / bfloat16
+  const std::int64_t bytes = stride_elements * kElementBytes;
+  return bytes >= INT32_MIN && bytes <= INT32_MAX;
 }
 
 std::string supported_head_dims() {
@@ -112,6 +121,12 @@ void batch_attention_sm90(const BatchAttentionLaunch& launch) {
               " must be a multiple of num_kv_heads " + std::to_string(p.num_kv_heads) +
               " with a group of at most " + std::to_string(fi_kernels::kMaxTileRows));
   require(p.page_size >= 1, "page_size must be >= 1");
+  require(fits_int32_bytes(p.k_stride_page) && fits_int32_bytes(p.k_stride_token) &&
+              fits_int32_bytes(p.v_stride_page) && fits_int32_bytes(p.v_stride_token),
+          "k and v page and token strides must be below 2^31 bytes; got k " +
+              std::to_string(p.k_stride_page) + ", " + std::to_string(p.k_stride_token) +
+              " and v " + std::to_string(p.v_stride_page) + ", " +
+              std::to_string(p.v_stride_token) + " elements");
   require(launch.num_ctas >= 1 && launch.num_merge_ctas >= 0, "num_ctas must be >= 1");
   require_supported(launch.dtype, launch.head_dim);
   if (launch.dtype == DType::kFloat16) {

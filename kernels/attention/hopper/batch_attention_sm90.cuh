@@ -19,6 +19,7 @@
 // the second one idle) skips the math.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -143,39 +144,96 @@ __device__ __forceinline__ void fence_gemm_operand(Frag& frag) {
   cute::warpgroup_fence_operand(frag);
 }
 
-// Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring.
+// The CTA's KV tiles in the order the ring carries them (every tile of every work item, empty
+// items skipped), so that the producer can look one tile ahead across item boundaries.
+template <typename Gather, int TILE_KV>
+struct KvTileCursor {
+  int w;        // current work item
+  int last;     // one past the CTA's last work item
+  int tile_lo;  // first key of the current tile
+  typename Gather::Source source;
+
+  __device__ __forceinline__ KvTileCursor(int first, int last_item)
+      : w(first - 1), last(last_item), tile_lo(0) {
+    source.kv_hi = 0;  // with tile_lo + TILE_KV >= kv_hi, next() starts with item `first`
+  }
+
+  // Moves to the next tile; false once the CTA's items are exhausted. Calls
+  // on_item(const WorkItem&) for each item it enters, empty ones included.
+  template <typename OnItem>
+  __device__ __forceinline__ bool next(const BatchAttentionParams& p,
+                                       const AttentionVariant& variant, const Gather& gather,
+                                       OnItem&& on_item) {
+    tile_lo += TILE_KV;
+    while (tile_lo >= source.kv_hi) {
+      if (++w >= last) return false;
+      const WorkItem item = load_work_item(p, variant, w);
+      on_item(item);
+      source = gather.source(p, item.kv_head, item.page_begin, item.kv_hi);
+      tile_lo = item.kv_lo;
+    }
+    return true;
+  }
+};
+
+// Pulls the query rows of a work item into L2 (prefetch only: nothing reaches the SM), so that
+// the consumers' Q load at the start of the item hits L2 instead of DRAM. The producer issues
+// it when its cursor enters the item, a tile or more (the ring's depth) before the consumers
+// get there. A row not 128-byte aligned may leave its last line unfetched; that costs only time.
+template <typename T, int HEAD_DIM>
+__device__ __forceinline__ void prefetch_q_rows_to_l2(const BatchAttentionParams& p,
+                                                      const WorkItem& item, int thread) {
+  constexpr int kLineBytes = 128;
+  constexpr int kRowBytes = HEAD_DIM * static_cast<int>(sizeof(T));
+  constexpr int kLinesPerRow = (kRowBytes + kLineBytes - 1) / kLineBytes;
+  const char* q = static_cast<const char*>(p.q);
+  for (int idx = thread; idx < item.rows * kLinesPerRow; idx += kWarpgroupThreads) {
+    const int row = idx / kLinesPerRow;
+    const std::int64_t token = item.q_token0 + item.row_token(row);
+    const std::int64_t head = item.row_head(row);
+    const char* line = q + (token * p.q_stride_token + head * p.q_stride_head) * sizeof(T) +
+                       (idx % kLinesPerRow) * kLineBytes;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+  }
+}
+
+// Producer warpgroup: streams the K/V tiles of the CTA's work items into the ring. The work
+// item and page-table loads of tile t + 1 are issued before waiting for tile t's stage, so
+// neither sits between a released stage and its copies.
 template <typename T, typename Config>
 __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
                                            const AttentionVariant& variant,
                                            typename Config::SharedStorage& smem, int first,
                                            int last) {
   using namespace cute;
+  using SharedStorage = typename Config::SharedStorage;
   constexpr int kTileKv = Config::kTileKv;
-  using Gather = PagedKvGather<T, Config::kHeadDim, kTileKv, kWarpgroupThreads>;
+  using Gather = PagedKvGather<T, typename Config::SmemLayoutKv, Config::kHeadDim, kTileKv,
+                               Config::kStages, kWarpgroupThreads>;
+  constexpr int kVMinusK =
+      static_cast<int>(offsetof(SharedStorage, v) - offsetof(SharedStorage, k));
   Tensor k_tiles = make_tensor(make_smem_ptr(smem.k), typename Config::SmemLayoutKv{});
-  Tensor v_tiles = make_tensor(make_smem_ptr(smem.v), typename Config::SmemLayoutKv{});
   const int thread = threadIdx.x % kWarpgroupThreads;
+  const Gather gather(p, k_tiles, thread);
+  const auto prefetch_q = [&](const WorkItem& item) {
+    prefetch_q_rows_to_l2<T, Config::kHeadDim>(p, item, thread);
+  };
 
-  Gather gather;
-  gather.k_stride_page = p.k_stride_page;
-  gather.k_stride_token = p.k_stride_token;
-  gather.v_stride_page = p.v_stride_page;
-  gather.v_stride_token = p.v_stride_token;
-  gather.page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
-
+  KvTileCursor<Gather, kTileKv> cursor(first, last);
+  bool more = cursor.next(p, variant, gather, prefetch_q);
+  typename Gather::TileLookup lookup{};
+  if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
   RingPosition<Config::kStages> at;
-  for (int w = first; w < last; ++w) {
-    const WorkItem item = load_work_item(p, variant, w);
-    gather.k_head = static_cast<const T*>(p.k) + item.kv_head * p.k_stride_head;
-    gather.v_head = static_cast<const T*>(p.v) + item.kv_head * p.v_stride_head;
-    gather.pages = p.kv_indices + item.page_begin;
-    gather.kv_hi = item.kv_hi;
-    for (int tile_lo = item.kv_lo; tile_lo < item.kv_hi; tile_lo += kTileKv) {
-      smem.ring.producer_acquire(at);
-      gather.load(thread, tile_lo, k_tiles(_, _, at.stage), v_tiles(_, _, at.stage));
-      smem.ring.producer_commit(at);
-      at.advance();
-    }
+  while (more) {
+    const typename Gather::Source source = cursor.source;
+    const int tile_lo = cursor.tile_lo;
+    const typename Gather::TileLookup current = lookup;
+    more = cursor.next(p, variant, gather, prefetch_q);
+    if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
+    smem.ring.producer_acquire(at);
+    gather.template load<kVMinusK>(source, tile_lo, current, at.stage);
+    smem.ring.producer_commit(at);
+    at.advance();
   }
   // Exit only once this thread's last copies have landed.
   cp_async_wait_all();
@@ -261,16 +319,18 @@ struct ThreadRows {
       // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
       const float base = m_new == kNegInf ? 0.f : m_new;
       rescale[h] = fast_exp2(m[h] - base);
-      d[h] *= rescale[h];
+      // Four partial sums keep the row sum's dependency chain a quarter as long.
+      float partial[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           float& x = s(e + 2 * h + 4 * j);
           x = fast_exp2(fmaf(x, s_to_log2, -base));
-          d[h] += x;
+          partial[(2 * j + e) % 4] += x;
         }
       }
+      d[h] = fmaf(d[h], rescale[h], (partial[0] + partial[1]) + (partial[2] + partial[3]));
       m[h] = m_new;
     }
   }
@@ -347,48 +407,71 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   Tensor s_acc = partition_fragment_C(mma_qk, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{});
   Tensor o_acc = partition_fragment_C(mma_pv, Shape<Int<kWarpgroupRows>, Int<D>>{});
   // P as the A operand of O += P V. Its register order equals S's (flat index e + 2 h + 4 j
-  // with key 8 j + 2 (lane % 4) + e), so P is S converted element by element.
+  // with key 8 j + 2 (lane % 4) + e), so P is S converted in place, a pair at a time.
   Tensor p_frag =
       make_tensor<Element>(partition_shape_A(mma_pv, Shape<Int<kWarpgroupRows>, Int<kTileKv>>{}));
+  Tensor p_pairs = recast<std::uint32_t>(p_frag);  // (e = 0, e = 1) element pairs
   static_assert(size(s_acc) == kTileKv / 2 && size(o_acc) == D / 2 &&
-                    size(p_frag) == size(s_acc),
+                    size(p_frag) == size(s_acc) && size(p_pairs) * 2 == size(p_frag),
                 "accumulator fragments as described above");
 
   const bool transforms = variant.transforms_logits();
   const float s_to_log2 = transforms ? 1.f : variant.params.sm_scale * kLog2e;
 
+  // Issues (and commits as one cp.async group) the copies of this warpgroup's Q rows of `it`
+  // into its Q tile; rows past it.rows become zeros. The caller has made sure that no wgmma
+  // still reads the tile.
+  const auto issue_q_load = [&](const WorkItem& it) {
+    const T* q = static_cast<const T*>(p.q);
+    for (int idx = thread; idx < kWarpgroupRows * kChunksPerRow; idx += kWarpgroupThreads) {
+      const int row = idx / kChunksPerRow;
+      const int chunk = idx % kChunksPerRow;
+      const int item_row = wg * kWarpgroupRows + row;
+      const bool valid = item_row < it.rows;
+      const std::int64_t token = it.q_token0 + (valid ? it.row_token(item_row) : 0);
+      const std::int64_t head = valid ? it.row_head(item_row) : 0;
+      const T* src = q + token * p.q_stride_token + head * p.q_stride_head + chunk * 8;
+      mma::cp_async_16(mma::smem_addr(&q_tile(row, chunk * 8)), src, valid);
+    }
+    mma::cp_async_commit();
+  };
+
   RingPosition<Config::kStages> at;
+  // Whether this warpgroup's Q rows of item w were already issued, during the last tile of
+  // item w - 1 (see below).
+  bool q_issued = false;
   for (int w = first; w < last; ++w) {
     const WorkItem item = load_work_item(p, variant, w);
     const bool has_rows = wg * kWarpgroupRows < item.rows;
+    // The next item, for its Q copies only: the fields they read are all that stays live
+    // through this item's tiles (the next iteration loads the item again, from L2).
+    // (Without a next item this reloads item w, unused: loading it unconditionally keeps the
+    // copies' operands free of the has_next select.)
+    const bool has_next = w + 1 < last;
+    const WorkItem next = load_work_item(p, variant, has_next ? w + 1 : w);
 
     if (has_rows) {
-      // Q rows of this warpgroup; rows past item.rows become zeros. The barrier before the
-      // copies keeps them from overwriting Q while a slower warp's wgmma of the previous
-      // item could still read it.
-      cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
-      const T* q = static_cast<const T*>(p.q);
-      for (int idx = thread; idx < kWarpgroupRows * kChunksPerRow; idx += kWarpgroupThreads) {
-        const int row = idx / kChunksPerRow;
-        const int chunk = idx % kChunksPerRow;
-        const int item_row = wg * kWarpgroupRows + row;
-        const bool valid = item_row < item.rows;
-        const std::int64_t token = item.q_token0 + (valid ? item.row_token(item_row) : 0);
-        const std::int64_t head = valid ? item.row_head(item_row) : 0;
-        const T* src = q + token * p.q_stride_token + head * p.q_stride_head + chunk * 8;
-        mma::cp_async_16(mma::smem_addr(&q_tile(row, chunk * 8)), src, valid);
+      if (!q_issued) {
+        // The barrier keeps the copies from overwriting Q while a slower warp's wgmma of the
+        // previous item could still read it.
+        cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
+        issue_q_load(item);
       }
-      mma::cp_async_commit();
       mma::cp_async_wait<0>();
       cutlass::arch::fence_view_async_shared();  // ordinary-proxy writes, wgmma reads
       cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
     }
+    q_issued = false;
 
     ThreadRows rows;
     rows.init(variant, item, thread_row0);
     clear(o_acc);
 
     const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
+    // The tile after whose S the next item's Q rows load; -1: none (no next item, or no rows
+    // of this warpgroup in it).
+    const int q_prefetch_tile =
+        has_next && wg * kWarpgroupRows < next.rows ? num_tiles - 1 : -1;
     const GemmTurns turns{wg, item.rows > kWarpgroupRows};
     turns.begin_item(num_tiles);
     RingPosition<Config::kStages> previous = at;  // the stage of tile t - 1
@@ -414,16 +497,31 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
         // Pins the softmax before the wait below; without it the compiler hoists the wait
         // (it sees no dependence) and the overlap is gone.
         fence_gemm_operand(s_acc);
+        // After the item's last S = Q K^T, this warpgroup's Q tile is free: the next item's Q
+        // rows load while P_{t-1} V_{t-1} and P_t V_t run, instead of stalling the next item's
+        // start. The barrier waits for every warp's part of that last S to have retired.
+        if (t == q_prefetch_tile) {
+          cutlass::arch::NamedBarrier::sync(kWarpgroupThreads, barrier_id);
+          issue_q_load(next);
+          q_issued = true;
+        }
         warpgroup_wait<0>();
         fence_gemm_operand(o_acc);
         fence_gemm_operand(p_frag);
+        // Once a row's maximum has settled (most tiles of a long row) its factor is exactly 1;
+        // the warp skips the multiplies when that holds for all of its rows.
+        if (__any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f)) {
 #pragma unroll
-        for (int j = 0; j < kBlocksO; ++j) {
+          for (int j = 0; j < kBlocksO; ++j) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) o_acc(i + 4 * j) *= rescale[i / 2];
+            for (int i = 0; i < 4; ++i) o_acc(i + 4 * j) *= rescale[i / 2];
+          }
         }
+        // Two elements per conversion (one F2FP each), in P's register order.
 #pragma unroll
-        for (int i = 0; i < size(s_acc); ++i) p_frag(i) = static_cast<Element>(s_acc(i));
+        for (int i = 0; i < size(p_pairs); ++i) {
+          p_pairs(i) = mma::pack2<T>(s_acc(2 * i), s_acc(2 * i + 1));
+        }
       }
       if (t > 0) smem.ring.consumer_release(previous);
       previous = at;
@@ -470,21 +568,22 @@ __global__ void __launch_bounds__(kSm90Threads, 1)
   extern __shared__ __align__(1024) std::uint8_t smem_base[];
   auto& smem = *reinterpret_cast<typename Config::SharedStorage*>(smem_base);
   if (threadIdx.x == 0) {
-    smem.ring.init(kWarpgroupThreads, kConsumerWarpgroups * kWarpgroupThreads);
+    smem.ring.init(kWarpgroupThreads, kConsumerWarpgroups * kWarpgroupThreads / 32);
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
 
   const AttentionVariant variant{p.variant};
-  const int first = p.plan.cta_work_indptr[blockIdx.x];
-  const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
   const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  // Each role reads the CTA's work range itself, after setmaxnreg: a value live across the
+  // register split ends up in local memory.
+  const int* work_indptr = p.plan.cta_work_indptr + blockIdx.x;
   if (warpgroup == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Config::Registers::kProducer>();
-    produce_kv<T, Config>(p, variant, smem, first, last);
+    produce_kv<T, Config>(p, variant, smem, work_indptr[0], work_indptr[1]);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Config::Registers::kConsumer>();
-    consume<T, Config>(p, variant, smem, warpgroup - 1, first, last);
+    consume<T, Config>(p, variant, smem, warpgroup - 1, work_indptr[0], work_indptr[1]);
   }
 }
 

@@ -5,8 +5,9 @@
 //   full[s]   completes when the producer's cp.async copies into stage s have landed; each of
 //             the kProducerThreads producer threads arrives once, asynchronously, through
 //             cp.async.mbarrier.arrive.noinc (the arrival fires when the thread's copies finish);
-//   empty[s]  completes when every consumer thread is done reading stage s (one plain arrive
-//             per consumer thread, after its wgmma reading the stage has retired).
+//   empty[s]  completes when every consumer warp is done reading stage s (one plain arrive
+//             per consumer warp, by lane 0 after the warp's wgmma reading the stage retired:
+//             the wgmma wait is warp-collective, so lane 0 past it speaks for its warp).
 // Both sides walk the stages in the same order, so one (stage, phase) counter per side says
 // which phase of which barrier to wait on.
 //
@@ -17,10 +18,12 @@
 
 #include <cstdint>
 
+#include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
 #include "attention/mma.cuh"
 #include "attention/paged_kv.cuh"
+#include "attention/params.cuh"
 
 namespace fi_kernels {
 namespace hopper {
@@ -45,11 +48,11 @@ struct KvRingBarriers {
   std::uint64_t empty[STAGES];
 
   // One thread initializes; the caller makes the init visible (fence + __syncthreads).
-  __device__ __forceinline__ void init(int producer_threads, int consumer_threads) {
+  __device__ __forceinline__ void init(int producer_threads, int consumer_warps) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) {
       cutlass::arch::ClusterBarrier::init(&full[s], producer_threads);
-      cutlass::arch::ClusterBarrier::init(&empty[s], consumer_threads);
+      cutlass::arch::ClusterBarrier::init(&empty[s], consumer_warps);
     }
   }
 
@@ -68,8 +71,9 @@ struct KvRingBarriers {
     cutlass::arch::ClusterBarrier::wait(&full[at.stage], at.phase);
     cutlass::arch::fence_view_async_shared();
   }
+  // Called by every lane of a consumer warp, converged.
   __device__ __forceinline__ void consumer_release(const RingPosition<STAGES>& at) {
-    cutlass::arch::ClusterBarrier::arrive(&empty[at.stage]);
+    if (threadIdx.x % 32 == 0) cutlass::arch::ClusterBarrier::arrive(&empty[at.stage]);
   }
 };
 
@@ -77,44 +81,199 @@ struct KvRingBarriers {
 // commits groups: its copies complete on the ring's mbarriers).
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
 
+// 16-byte cp.async whose source is ignored and whose destination becomes zeros when
+// `zero_fill` is set; the predicate form needs no source-size register per copy.
+__device__ __forceinline__ void cp_async_16_or_zero(std::uint32_t dst_smem, const void* src,
+                                                    bool zero_fill) {
+  asm volatile(
+      "{\n"
+      ".reg .pred ignore_src;\n"
+      "setp.ne.b32 ignore_src, %2, 0;\n"
+      "cp.async.cg.shared.global [%0], [%1], 16, ignore_src;\n"
+      "}\n" ::"r"(dst_smem),
+      "l"(src), "r"(static_cast<int>(zero_fill)));
+}
+
+// a * b + c with a 32 x 32 -> 64-bit product: one IMAD.WIDE (C++'s int64 arithmetic on
+// sign-extended operands compiles to a full 64-bit multiply).
+__device__ __forceinline__ const char* mad_wide(int a, int b, const char* c) {
+  std::uint64_t result;
+  asm("mad.wide.s32 %0, %1, %2, %3;"
+      : "=l"(result)
+      : "r"(a), "r"(b), "l"(reinterpret_cast<std::uint64_t>(c)));
+  return reinterpret_cast<const char*>(result);
+}
+
+// Byte offset of element (key, dim, stage) in a ring laid out by SmemLayout, a CuTe swizzled
+// shared-memory layout: CuTe applies the swizzle to the byte address of the element, and the
+// ring starts 1024-byte aligned (see the static_assert in PagedKvGather).
+template <typename T, typename SmemLayout>
+constexpr int swizzled_byte_offset(int key, int dim, int stage) {
+  const SmemLayout layout{};
+  const int linear = static_cast<int>(sizeof(T)) *
+                     static_cast<int>(cute::get_nonswizzle_portion(layout)(key, dim, stage));
+  return static_cast<int>(cute::get_swizzle_portion(layout)(linear));
+}
+
+// The offsets the producer hoists out of its loops are sound only if moving a chunk by 8 keys
+// or by one stage moves it by a constant number of bytes (the 128-byte swizzle permutes the
+// chunks inside each 1024-byte block of 8 keys and nothing else). Checked at compile time for
+// every (key, chunk, stage) of the ring. A CuTe layout is a sum of one term per mode, so the
+// unswizzled offsets are tabulated per mode and only the swizzle is applied per element.
+template <typename T, typename SmemLayout, int KEYS, int HEAD_DIM, int STAGES>
+constexpr bool blocks_of_8_keys_shift_uniformly() {
+  const auto linear = cute::get_nonswizzle_portion(SmemLayout{});
+  const auto swizzle = cute::get_swizzle_portion(SmemLayout{});
+  constexpr int kBytes = static_cast<int>(sizeof(T));
+  int key_bytes[KEYS] = {};
+  int chunk_bytes[HEAD_DIM / 8] = {};
+  int stage_bytes[STAGES] = {};
+  for (int key = 0; key < KEYS; ++key) key_bytes[key] = kBytes * linear(key, 0, 0);
+  for (int c = 0; c < HEAD_DIM / 8; ++c) chunk_bytes[c] = kBytes * linear(0, 8 * c, 0);
+  for (int stage = 0; stage < STAGES; ++stage) stage_bytes[stage] = kBytes * linear(0, 0, stage);
+  const int block_step = static_cast<int>(swizzle(key_bytes[8]));
+  const int stage_step = static_cast<int>(swizzle(stage_bytes[STAGES > 1 ? 1 : 0]));
+  for (int stage = 0; stage < STAGES; ++stage) {
+    for (int key = 0; key < KEYS; ++key) {
+      for (int c = 0; c < HEAD_DIM / 8; ++c) {
+        const int expected = static_cast<int>(swizzle(key_bytes[key % 8] + chunk_bytes[c])) +
+                             key / 8 * block_step + stage * stage_step;
+        const int actual =
+            static_cast<int>(swizzle(key_bytes[key] + chunk_bytes[c] + stage_bytes[stage]));
+        if (actual != expected) return false;
+      }
+    }
+  }
+  return true;
+}
+
 // Copies keys [tile_lo, tile_lo + TILE_KV) of one (request, KV head) from the paged cache into
-// a K and a V tile of shared memory laid out by SmemLayout (a CuTe layout over (key, dim)),
+// a K and a V tile of one ring stage (the ring laid out by SmemLayout over (key, dim, stage)),
 // with 16-byte cp.async copies by NUM_THREADS threads; keys at or past kv_hi become zeros.
-// Thread t copies chunk t % kChunksPerRow (8 elements) of every kRowsPerPass-th key, so each
-// key's 16 chunks are read by 16 neighbouring threads (one coalesced 256-byte row at D=128).
-template <typename T, int HEAD_DIM, int TILE_KV, int NUM_THREADS>
+//
+// Warp w copies the kKeysPerWarp contiguous keys from w * kKeysPerWarp, kKeysPerPass keys per
+// pass (one coalesced row of HEAD_DIM * 2 bytes per kChunksPerRow lanes). Everything that does
+// not depend on the tile is computed once per kernel (the shared-memory addresses of a thread's
+// chunks: within a stage they repeat every 8 keys up to a constant) or once per work item (the
+// head's base pointers with the thread's chunk folded in). Per tile, each lane looks up the
+// page of one key of its warp (look_up, issued a tile ahead), and per pass the copying lanes
+// fetch (page, slot in page) of their key from that lane with one shuffle each.
+template <typename T, typename SmemLayout, int HEAD_DIM, int TILE_KV, int STAGES, int NUM_THREADS>
 struct PagedKvGather {
+  static constexpr std::int64_t kElementBytes = sizeof(T);
   static constexpr int kChunksPerRow = HEAD_DIM / 8;
-  static constexpr int kRowsPerPass = NUM_THREADS / kChunksPerRow;
-  static constexpr int kPasses = TILE_KV / kRowsPerPass;
-  static_assert(NUM_THREADS % kChunksPerRow == 0 && TILE_KV % kRowsPerPass == 0,
-                "the threads cover whole keys and a tile is a whole number of passes");
+  static constexpr int kWarps = NUM_THREADS / 32;
+  static constexpr int kKeysPerWarp = TILE_KV / kWarps;
+  static constexpr int kKeysPerPass = 32 / kChunksPerRow;
+  static constexpr int kPasses = kKeysPerWarp / kKeysPerPass;
+  // Passes whose keys sit at different positions within a block of 8 keys, i.e. different
+  // swizzle patterns: one hoisted shared-memory address each.
+  static constexpr int kPhases = kKeysPerPass >= 8 ? 1 : 8 / kKeysPerPass;
+  static constexpr int kBlockBytes = swizzled_byte_offset<T, SmemLayout>(8, 0, 0);
+  static constexpr int kStageBytes = swizzled_byte_offset<T, SmemLayout>(0, 0, 1);
+  static_assert(32 % kChunksPerRow == 0 && kKeysPerWarp % kKeysPerPass == 0 &&
+                    kKeysPerWarp % 8 == 0 && kKeysPerWarp <= 32 && kPasses % kPhases == 0 &&
+                    kPhases * kKeysPerPass % 8 == 0,
+                "a warp copies whole keys, at most one per lane, in whole blocks of 8 keys");
+  // A pass's lookup lane is lane `pass` of the copying lane's segment of kChunksPerRow lanes
+  // (see look_up), so a segment must have a lane per pass.
+  static_assert(kPasses <= kChunksPerRow, "one lookup lane per pass in each lane segment");
+  static_assert(blocks_of_8_keys_shift_uniformly<T, SmemLayout, TILE_KV, HEAD_DIM, STAGES>(),
+                "the ring layout moves a chunk by constants per 8 keys and per stage");
+  static_assert(decltype(cute::get_swizzle_portion(SmemLayout{}))::num_bits +
+                        decltype(cute::get_swizzle_portion(SmemLayout{}))::num_base +
+                        decltype(cute::get_swizzle_portion(SmemLayout{}))::num_shft <=
+                    10,
+                "the swizzle only touches address bits below the ring's 1024-byte alignment");
 
-  const T* k_head;  // k + kv_head * k_stride_head
-  const T* v_head;
-  std::int64_t k_stride_page, k_stride_token;
-  std::int64_t v_stride_page, v_stride_token;
-  const std::int32_t* pages;  // this request's page ids, in sequence order
+  // Where one work item's K and V rows come from.
+  struct Source {
+    const char* k;  // k + kv_head * k_stride_head + this thread's chunk, in bytes
+    const char* v;
+    const std::int32_t* pages;  // this request's page ids, in sequence order
+    int kv_hi;
+  };
+  // One key of the tile per lane: the page holding it and its slot in the page (0 when the key
+  // is past kv_hi or the lane looks up no key).
+  struct TileLookup {
+    int page;
+    int slot;
+  };
+
+  std::uint32_t smem_k[kPhases];  // stage 0 address of this thread's chunk in pass `phase`
+  int chunk_bytes;                // this thread's chunk within a key, in bytes
+  int copy_key;                   // the key (within the tile) this thread copies in pass 0
+  int lookup_key;                 // the key (within the tile) this lane looks up; -1: none
+  int k_page_bytes, k_slot_bytes, v_page_bytes, v_slot_bytes;
   FastDivmod page_size;
-  int kv_hi;
 
-  template <typename SmemTensor>
-  __device__ __forceinline__ void load(int thread, int tile_lo, SmemTensor k_tile,
-                                       SmemTensor v_tile) const {
-    const int chunk = thread % kChunksPerRow;
-    const int row0 = thread / kChunksPerRow;
+  // k_ring: the K ring (V's follows at v_minus_k bytes, see load); strides in bytes must fit
+  // int32 (the launcher checks).
+  template <typename KRing>
+  __device__ __forceinline__ PagedKvGather(const BatchAttentionParams& p, KRing k_ring,
+                                           int thread) {
+    const int warp = thread / 32;
+    const int lane = thread % 32;
+    const int segment = lane / kChunksPerRow;  // key of the lane within a pass
+    const int chunk = lane % kChunksPerRow;
+    copy_key = warp * kKeysPerWarp + segment;
+    // Lane `pass` of segment s looks up the key that segment s copies in that pass.
+    lookup_key = chunk < kPasses ? warp * kKeysPerWarp + chunk * kKeysPerPass + segment : -1;
+    chunk_bytes = chunk * 16;
+#pragma unroll
+    for (int phase = 0; phase < kPhases; ++phase) {
+      smem_k[phase] =
+          mma::smem_addr(&k_ring(copy_key + phase * kKeysPerPass, chunk * 8, 0));
+    }
+    k_page_bytes = static_cast<int>(p.k_stride_page * kElementBytes);
+    k_slot_bytes = static_cast<int>(p.k_stride_token * kElementBytes);
+    v_page_bytes = static_cast<int>(p.v_stride_page * kElementBytes);
+    v_slot_bytes = static_cast<int>(p.v_stride_token * kElementBytes);
+    page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
+  }
+
+  __device__ __forceinline__ Source source(const BatchAttentionParams& p, int kv_head,
+                                           int page_begin, int kv_hi) const {
+    Source s;
+    s.k = static_cast<const char*>(p.k) + kv_head * p.k_stride_head * kElementBytes + chunk_bytes;
+    s.v = static_cast<const char*>(p.v) + kv_head * p.v_stride_head * kElementBytes + chunk_bytes;
+    s.pages = p.kv_indices + page_begin;
+    s.kv_hi = kv_hi;
+    return s;
+  }
+
+  // Issues the page-table load for this lane's key of the tile at tile_lo; the result is first
+  // read by load(), so its latency hides behind whatever the producer does in between.
+  __device__ __forceinline__ TileLookup look_up(const Source& s, int tile_lo) const {
+    TileLookup lookup{0, 0};
+    const int key = tile_lo + lookup_key;
+    if (lookup_key >= 0 && key < s.kv_hi) {
+      int page_idx;
+      page_size.divmod(key, page_idx, lookup.slot);
+      lookup.page = s.pages[page_idx];
+    }
+    return lookup;
+  }
+
+  // Issues the copies of the tile at tile_lo into ring stage `stage`; v_minus_k is the byte
+  // distance from the K ring to the V ring.
+  template <int V_MINUS_K>
+  __device__ __forceinline__ void load(const Source& s, int tile_lo, const TileLookup& lookup,
+                                       int stage) const {
+    const std::uint32_t stage_offset = static_cast<std::uint32_t>(stage * kStageBytes);
+    // Pass `pass` copies key copy_key + pass * kKeysPerPass, which exists iff that is < keys_left.
+    const int keys_left = s.kv_hi - tile_lo - copy_key;
 #pragma unroll
     for (int pass = 0; pass < kPasses; ++pass) {
-      const int row = row0 + pass * kRowsPerPass;
-      const int pos = tile_lo + row;
-      const bool valid = pos < kv_hi;
-      int page_idx = 0, in_page = 0;
-      if (valid) page_size.divmod(pos, page_idx, in_page);
-      const std::int64_t page = valid ? pages[page_idx] : 0;
-      const T* k_src = k_head + page * k_stride_page + in_page * k_stride_token + chunk * 8;
-      const T* v_src = v_head + page * v_stride_page + in_page * v_stride_token + chunk * 8;
-      mma::cp_async_16(mma::smem_addr(&k_tile(row, chunk * 8)), k_src, valid);
-      mma::cp_async_16(mma::smem_addr(&v_tile(row, chunk * 8)), v_src, valid);
+      const int page = __shfl_sync(0xffffffffu, lookup.page, pass, kChunksPerRow);
+      const int slot = __shfl_sync(0xffffffffu, lookup.slot, pass, kChunksPerRow);
+      const char* k_src = mad_wide(page, k_page_bytes, mad_wide(slot, k_slot_bytes, s.k));
+      const char* v_src = mad_wide(page, v_page_bytes, mad_wide(slot, v_slot_bytes, s.v));
+      const std::uint32_t k_dst = smem_k[pass % kPhases] + stage_offset +
+                                  (pass / kPhases) * (kPhases * kKeysPerPass / 8) * kBlockBytes;
+      const bool past_end = pass * kKeysPerPass >= keys_left;
+      cp_async_16_or_zero(k_dst, k_src, past_end);
+      cp_async_16_or_zero(k_dst + V_MINUS_K, v_src, past_end);
     }
   }
 };
