@@ -46,10 +46,9 @@ KERNEL_FAMILIES = ("auto", "sm80", "sm90")
 KERNEL_FAMILY_ENV = "FI_BACKEND_KERNEL_FAMILY"
 SM90_CAPABILITY = (9, 0)
 SM90_IN_AUTO = True
-"""Whether "auto" picks the Hopper family where it can run (validated against the oracle by
-tests/test_attention_sm90_gpu.py on an H100). Even then, "auto" runs decode plans on the
-portable decode-only kernel (BatchAttention.run): on an H100 the two are within a few per
-cent on decode, the portable one ahead at the large, bandwidth-bound batches."""
+"""Whether "auto" picks the Hopper family where it can run: validated against the oracle by
+tests/test_attention_sm90_gpu.py on an H100, and in the same H100 run as fast as or faster
+than the portable family on every decode and prefill cell of benchmarks/bench_kernels.py."""
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -109,16 +108,13 @@ def _device_family(requested: str, dtype: torch.dtype, head_dim: int,
                                  sm90_supports=_sm90_supports(dtype, head_dim))
 
 
-def select_kernel(requested: str, resolved: str, decode_plan: bool) -> str:
+def select_kernel(resolved: str, decode_plan: bool) -> str:
     """The kernel that runs one plan: "sm90" (Hopper family), "sm80" (portable, with prefill
     tiles) or "sm80_decode" (portable, built for decode tiles only).
 
-    requested: the BatchAttention's family ("auto", "sm80", "sm90"); resolved: what it
-    resolves to for the call's dtype and head_dim (resolve_kernel_family); decode_plan:
-    the plan has no tile over DECODE_TILE_ROWS rows and the decode-only kernel is allowed.
-    "auto" runs decode plans on the portable decode-only kernel even where the Hopper family
-    is chosen (see SM90_IN_AUTO); an explicit "sm90" runs every plan on it."""
-    if resolved == "sm90" and not (requested == "auto" and decode_plan):
+    resolved: the family of the call (resolve_kernel_family); decode_plan: the plan has no
+    tile over DECODE_TILE_ROWS rows and the decode-only kernel is allowed."""
+    if resolved == "sm90":
         return "sm90"
     return "sm80_decode" if decode_plan else "sm80"
 
@@ -127,10 +123,7 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
                 family: str | None = None) -> int:
     """Attention CTAs resident per SM on `device` (occupancy of the compiled kernel of the
     family BatchAttention(..., family) runs there): a planner's `num_ctas` is best
-    `multiprocessor_count * ctas_per_sm(...)`. "auto" gives the portable family's count even
-    where it picks the Hopper kernels for prefills: its decode plans run on the portable
-    decode kernel, which needs that occupancy, while a Hopper launch of more CTAs than fit
-    runs them in equal waves (the plan's pieces have equal cost)."""
+    `multiprocessor_count * ctas_per_sm(...)`."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype {_dtype_name(dtype)} is not supported; supported: "
                          f"{', '.join(map(_dtype_name, SUPPORTED_DTYPES))}")
@@ -139,7 +132,7 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
                          f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
     requested = _requested_family(family)
     with torch.cuda.device(device):
-        if requested != "auto" and _device_family(requested, dtype, head_dim, device) == "sm90":
+        if _device_family(requested, dtype, head_dim, device) == "sm90":
             return _C.batch_attention_sm90_ctas_per_sm(dtype=_dtype_name(dtype),
                                                        head_dim=head_dim)
         return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
@@ -171,8 +164,7 @@ class BatchAttention:
     MAX_TILE_ROWS)` natural-log LSEs.
 
     `family`: "auto", "sm80" or "sm90" (see resolve_kernel_family); None reads
-    FI_BACKEND_KERNEL_FAMILY, default "auto". On an sm90 device "auto" runs plans with
-    prefill tiles on the Hopper family and decode plans on the portable decode-only kernel.
+    FI_BACKEND_KERNEL_FAMILY, default "auto".
 
     `decode_kernel`: the portable family runs plans whose items all have at most
     DECODE_TILE_ROWS rows (decode batches) on a kernel compiled for decode tiles alone, which
@@ -305,7 +297,7 @@ class BatchAttention:
                if return_lse else None)
 
         decode_plan = self.decode_kernel and plan.max_item_rows <= DECODE_TILE_ROWS
-        kernel = select_kernel(self.family, self.kernel_family(q.dtype), decode_plan)
+        kernel = select_kernel(self.kernel_family(q.dtype), decode_plan)
         if kernel == "sm90":
             launch = _C.batch_attention_sm90
             kernel_options = {}

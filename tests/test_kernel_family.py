@@ -80,13 +80,9 @@ def test_batch_attention_rejects_an_unknown_family(monkeypatch):
         BatchAttention(make_planner())
 
 
-def test_select_kernel_puts_decode_plans_on_the_portable_decode_kernel_under_auto():
-    assert select_kernel("auto", "sm90", decode_plan=False) == "sm90"
-    assert select_kernel("auto", "sm90", decode_plan=True) == "sm80_decode"
-    # An explicit request for the Hopper family runs every plan on it (tests, comparisons).
-    assert select_kernel("sm90", "sm90", decode_plan=True) == "sm90"
-    assert select_kernel("sm90", "sm90", decode_plan=False) == "sm90"
+def test_select_kernel_runs_every_plan_of_the_hopper_family_on_it():
+    assert select_kernel("sm90", decode_plan=False) == "sm90"
+    assert select_kernel("sm90", decode_plan=True) == "sm90"
     # Portable family: the decode-only kernel exactly for decode plans.
-    for requested in ("auto", "sm80", "sm90"):
-        assert select_kernel(requested, "sm80", decode_plan=True) == "sm80_decode"
-        assert select_kernel(requested, "sm80", decode_plan=False) == "sm80"
+    assert select_kernel("sm80", decode_plan=True) == "sm80_decode"
+    assert select_kernel("sm80", decode_plan=False) == "sm80"
