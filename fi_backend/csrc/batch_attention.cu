@@ -8,6 +8,7 @@
 #include "attention/batch_attention.cuh"
 #include "batch_attention.h"
 #include "common/cuda_check.cuh"
+#include "dispatch.cuh"
 
 namespace fi_backend {
 namespace {
@@ -65,30 +66,15 @@ void launch_typed(const BatchAttentionLaunch& l) {
   }
 }
 
-template <typename T>
-void launch_head_dim(const BatchAttentionLaunch& l) {
-  switch (l.head_dim) {
-    case 64:
-      return launch_typed<T, 64>(l);
-    case 128:
-      return launch_typed<T, 128>(l);
-    case 256:
-      return launch_typed<T, 256>(l);
-    default:
-      require(false, "head_dim " + std::to_string(l.head_dim) +
-                         " is not supported; supported: 64, 128, 256");
-  }
-}
-
 }  // namespace
 
 void batch_attention(const BatchAttentionLaunch& launch) {
   check_launch(launch);
-  if (launch.dtype == DType::kFloat16) {
-    launch_head_dim<__half>(launch);
-  } else {
-    launch_head_dim<__nv_bfloat16>(launch);
-  }
+  dispatch_dtype_head_dim(launch.dtype, launch.head_dim, "batch_attention",
+                          [&](auto element, auto head_dim) {
+                            launch_typed<typename decltype(element)::type,
+                                         decltype(head_dim)::value>(launch);
+                          });
 }
 
 namespace {
@@ -106,29 +92,14 @@ int resident_ctas_typed() {
   return ctas;
 }
 
-template <typename T>
-int resident_ctas_head_dim(int head_dim) {
-  switch (head_dim) {
-    case 64:
-      return resident_ctas_typed<T, 64>();
-    case 128:
-      return resident_ctas_typed<T, 128>();
-    case 256:
-      return resident_ctas_typed<T, 256>();
-    default:
-      require(false, "head_dim " + std::to_string(head_dim) +
-                         " is not supported; supported: 64, 128, 256");
-  }
-  return 0;
-}
-
 }  // namespace
 
 int batch_attention_ctas_per_sm(DType dtype, int head_dim) {
-  require(dtype == DType::kFloat16 || dtype == DType::kBFloat16,
-          "dtype is not supported; supported: float16, bfloat16");
-  return dtype == DType::kFloat16 ? resident_ctas_head_dim<__half>(head_dim)
-                                  : resident_ctas_head_dim<__nv_bfloat16>(head_dim);
+  return dispatch_dtype_head_dim(dtype, head_dim, "batch_attention",
+                                 [](auto element, auto head_dim_tag) {
+                                   return resident_ctas_typed<typename decltype(element)::type,
+                                                              decltype(head_dim_tag)::value>();
+                                 });
 }
 
 }  // namespace fi_backend

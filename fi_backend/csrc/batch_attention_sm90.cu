@@ -11,6 +11,7 @@
 #include "attention/hopper/batch_attention_sm90.cuh"
 #include "batch_attention_sm90.h"
 #include "common/cuda_check.cuh"
+#include "dispatch.cuh"
 
 namespace fi_backend {
 namespace {
@@ -75,32 +76,6 @@ void require_supported(DType dtype, int head_dim) {
               supported_head_dims());
 }
 
-// One case per entry of kBatchAttentionSm90HeadDims.
-template <typename T>
-void launch_head_dim(const BatchAttentionLaunch& l) {
-  switch (l.head_dim) {
-    case 64:
-      return launch_typed<T, 64>(l);
-    case 128:
-      return launch_typed<T, 128>(l);
-    case 256:
-      return launch_typed<T, 256>(l);
-  }
-}
-
-template <typename T>
-int resident_ctas_head_dim(int head_dim) {
-  switch (head_dim) {
-    case 64:
-      return resident_ctas_typed<T, 64>();
-    case 128:
-      return resident_ctas_typed<T, 128>();
-    case 256:
-      return resident_ctas_typed<T, 256>();
-  }
-  return 0;
-}
-
 }  // namespace
 
 bool batch_attention_sm90_supports(DType dtype, int head_dim) {
@@ -129,17 +104,20 @@ void batch_attention_sm90(const BatchAttentionLaunch& launch) {
               std::to_string(p.v_stride_token) + " elements");
   require(launch.num_ctas >= 1 && launch.num_merge_ctas >= 0, "num_ctas must be >= 1");
   require_supported(launch.dtype, launch.head_dim);
-  if (launch.dtype == DType::kFloat16) {
-    launch_head_dim<__half>(launch);
-  } else {
-    launch_head_dim<__nv_bfloat16>(launch);
-  }
+  dispatch_dtype_head_dim(launch.dtype, launch.head_dim, "batch_attention_sm90",
+                          [&](auto element, auto head_dim) {
+                            launch_typed<typename decltype(element)::type,
+                                         decltype(head_dim)::value>(launch);
+                          });
 }
 
 int batch_attention_sm90_ctas_per_sm(DType dtype, int head_dim) {
   require_supported(dtype, head_dim);
-  return dtype == DType::kFloat16 ? resident_ctas_head_dim<__half>(head_dim)
-                                  : resident_ctas_head_dim<__nv_bfloat16>(head_dim);
+  return dispatch_dtype_head_dim(dtype, head_dim, "batch_attention_sm90",
+                                 [](auto element, auto head_dim_tag) {
+                                   return resident_ctas_typed<typename decltype(element)::type,
+                                                              decltype(head_dim_tag)::value>();
+                                 });
 }
 
 }  // namespace fi_backend
