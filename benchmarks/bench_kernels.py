@@ -14,6 +14,7 @@ matmul rate (8192^3). Decode reports the fraction of the copy bandwidth its KV b
 achieve; prefill reports TFLOP/s (4 * sum(q_len * kv_len) / 2 * heads * head_dim).
 
     python benchmarks/bench_kernels.py --out results.json [--quick] [--no-compare]
+                                       [--family auto|sm80|sm90]
 """
 
 from __future__ import annotations
@@ -209,9 +210,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip KV 32768 decode cells at "
                         "batch >= 64 and the (1, 16384) prefill")
     parser.add_argument("--no-compare", action="store_true", help="time only fi_backend")
-    parser.add_argument("--family", choices=("sm80", "sm90"), default="sm80",
-                        help="fi_backend kernel family to time: the portable sm80 kernels or "
-                        "the Hopper sm90a ones (default: sm80)")
+    parser.add_argument("--family", choices=("auto", "sm80", "sm90"), default="auto",
+                        help="fi_backend kernel family to time: auto (what BatchAttention picks "
+                        "on this GPU: sm90 on an H100), the portable sm80 kernels or the "
+                        "Hopper sm90a ones (default: auto)")
     parser.add_argument("--cases", default="", help="comma-separated substrings: run only the "
                         "cases whose 'kind case' contains one (e.g. 'prefill 1 x 4096')")
     args = parser.parse_args()
@@ -232,6 +234,8 @@ def main() -> None:
                       num_qo_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
                       page_size=PAGE_SIZE, num_ctas=num_ctas, device="cuda")
     attention = BatchAttention(planner, family=args.family)
+    family = attention.kernel_family(DTYPE)
+    print(f"fi_backend kernel family: {family} (requested {args.family})")
     others = comparisons(not args.no_compare)
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     kv_token_bytes = 2 * NUM_KV_HEADS * HEAD_DIM * DTYPE.itemsize
@@ -273,10 +277,10 @@ def main() -> None:
         print(format_row(row), flush=True)
 
     print("\n" + table(results))
-    sass = sass_check(args.family)
+    sass = sass_check(family)
     args.out.write_text(json.dumps({
         "device": props.name, "sms": props.multi_processor_count, "num_ctas": num_ctas,
-        "family": args.family, "sass": sass,
+        "family": family, "sass": sass,
         "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": results}, indent=1))
 
 

@@ -47,7 +47,13 @@ def test_e2e_options_are_parsed_into_values():
     assert args.eager and args.serve and args.out == Path("/tmp/x")
 
 
+def test_kernels_family_option():
+    assert parse("kernels").family == "auto"
+    assert parse("kernels", "--family", "sm90").family == "sm90"
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["kernels", "--family", "sm100"], "invalid choice: 'sm100'"),
     (["e2e", "--backends", "FA2"], "backend(s) ['FA2'] unknown"),
     (["e2e", "--workloads", "prefill"], "workload(s) ['prefill'] unknown"),
     (["e2e", "--rates", "0"], "must be > 0"),
@@ -387,5 +393,9 @@ def test_kernels_command_runs_the_repository_benchmark():
 
     assert kernels.BENCH_SCRIPT.is_file()
     command = kernels.bench_command(Path("/tmp/k.json"), quick=True, replays=7, no_compare=False)
-    assert command[1:] == [str(kernels.BENCH_SCRIPT), "--out", "/tmp/k.json", "--quick",
-                           "--replays", "7"]
+    assert command[1:] == [str(kernels.BENCH_SCRIPT), "--out", "/tmp/k.json", "--family", "auto",
+                           "--quick", "--replays", "7"]
+    command = kernels.bench_command(Path("/tmp/k.json"), quick=False, replays=None,
+                                    no_compare=True, family="sm90")
+    assert command[1:] == [str(kernels.BENCH_SCRIPT), "--out", "/tmp/k.json", "--family", "sm90",
+                           "--no-compare"]

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "bench_kernels.py's, 30, fewer for the largest cases)")
     kernels.add_argument("--no-compare", action="store_true",
                          help="time only ours, not FlashInfer / FA3")
+    kernels.add_argument("--family", choices=("auto", "sm80", "sm90"), default="auto",
+                         help="our kernel family: auto (what the vLLM backend runs on this GPU: "
+                              "the Hopper sm90a kernels on an H100, the portable ones "
+                              "elsewhere), sm80 or sm90 (default: %(default)s)")
 
     report = commands.add_parser(
         "report", help="print tables and redraw plots from a results JSON",
@@ -232,7 +236,7 @@ def _run_kernels(args) -> int:
     from . import kernels, report
 
     document = kernels.run(args.out, args.timeout_s, quick=args.quick, replays=args.replays,
-                           no_compare=args.no_compare)
+                           no_compare=args.no_compare, family=args.family)
     document["runs"] = report.merge_runs(_previous_runs(args.out, "kernels", args.fresh),
                                          document["runs"])
     written = report.publish(document, args.out, sys.stdout)

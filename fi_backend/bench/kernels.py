@@ -26,8 +26,9 @@ _EXPECTED_IMPLS = ("fi_backend", "fa3", "flashinfer")
 _NUM_CASES_FULL = 16 + 1 + 4  # decode grid, skewed batch, prefill cells
 
 
-def bench_command(out_json: Path, quick: bool, replays: int | None, no_compare: bool) -> list[str]:
-    command = [sys.executable, str(BENCH_SCRIPT), "--out", str(out_json)]
+def bench_command(out_json: Path, quick: bool, replays: int | None, no_compare: bool,
+                  family: str = "auto") -> list[str]:
+    command = [sys.executable, str(BENCH_SCRIPT), "--out", str(out_json), "--family", family]
     if quick:
         command.append("--quick")
     if replays is not None:
@@ -84,7 +85,7 @@ def runs_from_bench_json(bench: dict, log_text: str = "", expected_impls=_EXPECT
 
 
 def run(out_dir: Path, timeout_s: int, quick: bool = False, replays: int | None = None,
-        no_compare: bool = False) -> dict:
+        no_compare: bool = False, family: str = "auto") -> dict:
     """Runs bench_kernels.py once; returns the fi-bench results document (not yet written)."""
     if not BENCH_SCRIPT.is_file():
         raise FileNotFoundError(f"fi-bench kernels runs {BENCH_SCRIPT}, which is missing: it "
@@ -95,7 +96,7 @@ def run(out_dir: Path, timeout_s: int, quick: bool = False, replays: int | None 
     bar = ProgressBar(_NUM_CASES_FULL - (4 if quick else 0), "fi-bench kernels")
     with tempfile.TemporaryDirectory() as scratch, open(log_path, "w") as log:
         bench_json = Path(scratch) / "bench_kernels.json"
-        child = subprocess.Popen(bench_command(bench_json, quick, replays, no_compare),
+        child = subprocess.Popen(bench_command(bench_json, quick, replays, no_compare, family),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             for line in child.stdout:
@@ -112,7 +113,7 @@ def run(out_dir: Path, timeout_s: int, quick: bool = False, replays: int | None 
                                f"no results; see {log_path}")
         bench = json.loads(bench_json.read_text())
     settings = {"quick": quick, "replays": replays, "no_compare": no_compare,
-                "bench_script": str(BENCH_SCRIPT)}
+                "family": bench.get("family", family), "bench_script": str(BENCH_SCRIPT)}
     document = report.new_document("kernels", host_info(), settings)
     document["ceilings"] = {"copy_gbs": bench.get("copy_gbs"),
                             "matmul_tflops": bench.get("matmul_tflops"),
