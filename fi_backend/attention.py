@@ -23,6 +23,7 @@ import os
 import torch
 
 from fi_backend import _C
+from fi_backend._streams import current_raw_stream
 from fi_backend._checks import (
     check_cuda,
     check_dtype,
@@ -328,7 +329,7 @@ class BatchAttention:
                 alibi_slopes=(variant.alibi_slopes.data_ptr()
                               if variant.alibi_slopes is not None else 0),
                 sinks=variant.sinks.data_ptr() if variant.sinks is not None else 0,
-                stream=torch.cuda.current_stream(self.device).cuda_stream,
+                stream=current_raw_stream(self.device),
                 **kernel_options,
             )
         return (o, lse) if return_lse else o

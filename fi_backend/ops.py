@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from fi_backend import _C
+from fi_backend._streams import current_raw_stream
 from fi_backend.attention import BatchAttention  # noqa: F401  (public API: re-exported)
 from fi_backend._checks import (
     check_cuda,
@@ -98,7 +99,7 @@ def merge_states(
             o=o.data_ptr(), o_strides=_element_strides(o)[:2],
             lse=lse.data_ptr(), lse_strides=_element_strides(lse),
             num_rows=num_rows, num_states=num_states, num_heads=num_heads, head_dim=head_dim,
-            stream=torch.cuda.current_stream(v.device).cuda_stream,
+            stream=current_raw_stream(v.device),
         )
     return o, lse
 
@@ -162,5 +163,5 @@ def append_kv(
             v_cache=v_cache.data_ptr(), v_cache_strides=_element_strides(v_cache)[:3],
             slot_mapping=slot_mapping.data_ptr(), num_tokens=slot_mapping.shape[0],
             num_kv_heads=num_kv_heads, head_dim=head_dim, num_pages=num_pages,
-            page_size=page_size, stream=torch.cuda.current_stream(key.device).cuda_stream,
+            page_size=page_size, stream=current_raw_stream(key.device),
         )

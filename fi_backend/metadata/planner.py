@@ -73,6 +73,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fi_backend._streams import current_raw_stream
 from fi_backend.metadata.plan_layout import (HEADER_LEN, MAX_TILE_ROWS, MERGE_FIELDS,
                                              WORK_FIELDS, PlanCapacity, PlanLayout,
                                              gqa_group_size, tile_tokens)
@@ -278,8 +279,7 @@ class Planner:
         """Plan a batch: `qo_indptr_host` int32 [B+1] (exact), `kv_len_host` int32 [B] (upper
         bounds, at most `kv_len_slack` above the exact lengths). Raises ValueError, having
         written nothing, when the batch does not fit the capacities."""
-        # The raw handle: torch.cuda.current_stream() builds a Stream object (~9 us).
-        stream = torch._C._cuda_getCurrentRawStream(self.device.index) if self._is_cuda else 0
+        stream = current_raw_stream(self.device) if self._is_cuda else 0
         num_work_items, num_merge_items, num_partial_slots = self._scheduler.plan(
             qo_indptr_host, kv_len_host, variant.causal, variant.window_left, stream)
         return Plan(self.buffer, self.layout, self.group_size, num_work_items,
