@@ -109,6 +109,19 @@ constexpr int attention_smem_bytes() {
   return prefill > decode ? prefill : decode;
 }
 
+// Zeroes MMA accumulator fragments [row blocks][n-blocks][4] (registers once unrolled).
+template <int ROW_BLOCKS, int N_BLOCKS>
+__device__ __forceinline__ void zero_fragments(float (&fragments)[ROW_BLOCKS][N_BLOCKS][4]) {
+#pragma unroll
+  for (int mb = 0; mb < ROW_BLOCKS; ++mb) {
+#pragma unroll
+    for (int nb = 0; nb < N_BLOCKS; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fragments[mb][nb][e] = 0.f;
+    }
+  }
+}
+
 // Runs rows [row0, row0 + Shape::kTileRows) of one work item with tile shape Shape. All
 // threads of the CTA call it.
 template <typename T, typename Shape>
@@ -204,13 +217,9 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
   float o[kRowBlocks][kBlocksO][4];
   float m[kRowBlocks][2];
   float d[kRowBlocks][2];
+  zero_fragments(o);
 #pragma unroll
   for (int mb = 0; mb < kRowBlocks; ++mb) {
-#pragma unroll
-    for (int nb = 0; nb < kBlocksO; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mb][nb][e] = 0.f;
-    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       m[mb][h] = kNegInf;
@@ -242,14 +251,7 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
     if (warp_has_rows) {
       // S = Q K^T for the warp's rows x kWarpKv keys.
       const T* k_tile = smem.k_stage(stage);
-#pragma unroll
-      for (int mb = 0; mb < kRowBlocks; ++mb) {
-#pragma unroll
-        for (int nb = 0; nb < kBlocksS; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mb][nb][e] = 0.f;
-        }
-      }
+      zero_fragments(s);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         std::uint32_t a[kRowBlocks][4];
