@@ -59,7 +59,11 @@ both on --tp-backend, default CUSTOM = fi_backend):
    had a third token between them (a 3-way tie, why the top 5 are kept). fi_backend vs
    FLASH_ATTN with the top 5: Llama 15/64 equal and all 49 divergences near ties
    (<= 0.0625 nats), Mistral (window 256) 18/64 equal and all 46 divergences near ties
-   (<= 0.094 nats); Gemma-2 64/64 equal.
+   (<= 0.094 nats); Gemma-2 64/64 equal. Again on an H100 with the Hopper kernels
+   (commit 51ab48e): exactly equal / up to a near tie, logprob max|d| / mean|d|: Llama
+   10/64 / 64/64, 0.073 / 0.014; Mistral 11/64 / 64/64, 0.091 / 0.014; Gemma-2 63/64 /
+   64/64, 0.100 / 0.018; Qwen2.5 21/64 / 64/64, 0.067 / 0.012; --tp-check (4 layers)
+   TP 2 vs TP 1 21/64 / 64/64, 0.051 / 0.010.
 
 Configs: llama3_8b (Llama-3-8B shape), mistral_7b_swa (Mistral-7B shape, sliding window
 overridden to 256 so 1024-token prompts exceed it), gemma2_9b_softcap (Gemma-2-9B shape:
