@@ -340,3 +340,16 @@ def test_cuda_plans_are_published_to_a_fixed_device_buffer():
         start = plan.layout.offsets[name]
         used = plan.section(name)
         np.testing.assert_array_equal(device_copy[start:start + len(used)], used)
+
+
+def test_max_item_rows_is_read_when_the_plan_is_made():
+    planner = make_planner()  # GQA group 4, 128-row tiles: 32 query tokens per tile
+    causal = AttentionVariant(causal=True)
+    decode = planner.plan(indptr_of([1, 1, 1]), np.array([300, 40, 2000], np.int32), causal)
+    assert decode.max_item_rows == 4
+    mixed = planner.plan(indptr_of([1, 5, 700]), np.array([300, 40, 2000], np.int32), causal)
+    assert mixed.max_item_rows == MAX_TILE_ROWS
+    # The next plan rewrites the shared staging buffer; the earlier plan keeps its value.
+    assert decode.max_item_rows == 4
+    empty = planner.plan(indptr_of([]), np.array([], np.int32), causal)
+    assert empty.max_item_rows == 0

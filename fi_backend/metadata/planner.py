@@ -136,7 +136,7 @@ class Plan:
     overwritten by the next plan() of the same Planner."""
 
     __slots__ = ("buffer", "layout", "group_size", "num_work_items", "num_merge_items",
-                 "num_partial_slots", "_staging", "_max_item_rows")
+                 "num_partial_slots", "_staging", "max_item_rows")
 
     def __init__(self, buffer: torch.Tensor, layout: PlanLayout, group_size: int,
                  num_work_items: int, num_merge_items: int, num_partial_slots: int,
@@ -148,20 +148,15 @@ class Plan:
         self.num_merge_items = num_merge_items
         self.num_partial_slots = num_partial_slots
         self._staging = staging
-        self._max_item_rows: int | None = None
+        # Rows (query tokens x GQA group) of the largest work item, 0 without items; at most
+        # DECODE_TILE_ROWS means a decode batch. Read now: the staging buffer is rewritten by
+        # the planner's next plan().
+        q_len = self.section("work_q_len")
+        self.max_item_rows = int(q_len.max()) * group_size if q_len.size else 0
 
     @property
     def num_ctas(self) -> int:
         return self.layout.capacity.num_ctas
-
-    @property
-    def max_item_rows(self) -> int:
-        """Rows (query tokens x GQA group) of the plan's largest work item; 0 without items.
-        At most DECODE_TILE_ROWS means a decode batch (kernels pick their decode tiles)."""
-        if self._max_item_rows is None:
-            q_len = self.section("work_q_len")
-            self._max_item_rows = int(q_len.max()) * self.group_size if q_len.size else 0
-        return self._max_item_rows
 
     def section(self, name: str) -> np.ndarray:
         """int32 host view of the used prefix of section `name` (plan_layout.py)."""
