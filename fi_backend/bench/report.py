@@ -404,11 +404,7 @@ def plot_e2e(document: dict, out_dir: Path) -> list[Path]:
         ax_itl.legend()
         fig.suptitle(f"{model}: vLLM offline, dummy weights ({document['host'].get('gpu') or '?'})")
         _note_not_run(fig, [r for r in document["runs"] if r["model"] == model])
-        fig.tight_layout()
-        path = out_dir / f"e2e_{_slug(model)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, out_dir / f"e2e_{_slug(model)}.png"))
     return paths
 
 
@@ -449,11 +445,8 @@ def plot_serve(document: dict, out_dir: Path) -> list[Path]:
             ax_itl.legend(fontsize=8)
             fig.suptitle(f"{model}, {name}: vllm serve ({document['host'].get('gpu') or '?'})")
             _note_not_run(fig, [r for r in document["runs"] if r["model"] == model])
-            fig.tight_layout()
-            path = out_dir / f"serve_{_slug(model)}_{_slug(name)}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(_save_figure(plt, fig,
+                                      out_dir / f"serve_{_slug(model)}_{_slug(name)}.png"))
     return paths
 
 
@@ -479,12 +472,16 @@ def plot_kernels(document: dict, out_dir: Path) -> list[Path]:
         ax.set_title(f"kernels: {group} ({document['host'].get('gpu') or '?'})")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"kernels_{_slug(group)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save_figure(plt, fig, out_dir / f"kernels_{_slug(group)}.png"))
     return paths
+
+
+def _save_figure(plt, fig, path: Path) -> Path:
+    """Lays out, writes (110 dpi) and closes `fig`; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _note_not_run(fig, runs: list[dict]) -> None:
