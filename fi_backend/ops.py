@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from fi_backend import _C
-from fi_backend._streams import current_raw_stream
 from fi_backend.attention import BatchAttention  # noqa: F401  (public API: re-exported)
 from fi_backend._checks import (
     check_cuda,
@@ -21,6 +20,7 @@ from fi_backend._checks import (
     check_shape,
     check_vector_aligned,
 )
+from fi_backend._streams import current_raw_stream
 
 # Element types the extension's launchers take, by the name they are passed under.
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}

@@ -19,8 +19,9 @@ struct BatchAttentionLaunch {
   fi_kernels::BatchAttentionParams params;
   int num_ctas;        // attention grid: the plan's fixed CTA count
   int num_merge_ctas;  // merge grid (fixed); 0 skips the merge launch (plans without splits)
-  // false: the plan has no work item of more than 16 rows (a decode batch); the kernel built
-  // without the prefill tile shape runs it (fewer registers, no spills in the decode loop).
+  // false: the plan has no work item of more than 16 rows (a decode batch); the portable
+  // kernel built without the prefill tile shape runs it (fewer registers, no spills in the
+  // decode loop). The Hopper launcher has one kernel for all items and ignores it.
   bool prefill_tiles = true;
   std::uintptr_t stream;  // cudaStream_t
 };
