@@ -69,13 +69,15 @@ struct TileShape {
   static_assert(kMaxTileRows % kTileRows == 0, "a plan tile is a whole number of tiles");
 };
 
-// Prefill: 128 rows a tile (FlashAttention-2's 128 x 64), so each K/V tile loaded serves 32
-// query tokens of a GQA-4 group; 2 stages keep Q + K/V at 96 KB (2 CTAs per SM at head_dim
-// 128). head_dim 256 keeps one row block per warp: two would need 256 accumulator registers.
+// Prefill: 128-row tiles (4 warps x 32 rows, as FlashAttention-2 runs them), so each K/V
+// tile loaded serves 32 query tokens of a GQA-4 group. KV tiles of 32 keys at head_dim 128
+// (64 keys there spill 240 B beside 32-row accumulators), 64 at head_dim 64; Q + 2 stages of
+// K/V take 64 KB at head_dim 128. head_dim 256 keeps one row block per warp (64-row tiles,
+// run twice for a 128-row item): two would need 256 accumulator registers.
 template <int HEAD_DIM>
-using PrefillShape =
-    std::conditional_t<(HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, 3>,
-                       TileShape<HEAD_DIM, 4, 1, (HEAD_DIM > 64 ? 32 : 64), 2, (HEAD_DIM > 64 ? 2 : 3)>>;
+using PrefillShape = std::conditional_t<
+    (HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, 3>,
+    TileShape<HEAD_DIM, 4, 1, (HEAD_DIM > 64 ? 32 : 64), 2, (HEAD_DIM > 64 ? 2 : 3)>>;
 // Decode: memory-bound, so 3 stages (2 tiles in flight while one is used).
 template <int HEAD_DIM>
 using DecodeShape = TileShape<HEAD_DIM, 1, 4, 64, 1, 3>;
