@@ -110,13 +110,15 @@ def _device_family(requested: str, dtype: torch.dtype, head_dim: int,
                                  sm90_supports=_sm90_supports(dtype, head_dim))
 
 
-def select_kernel(resolved: str, decode_plan: bool) -> str:
+def select_kernel(resolved: str, decode_plan: bool, kv_strides_shared: bool = True) -> str:
     """The kernel that runs one plan: "sm90" (Hopper family), "sm80" (portable, with prefill
     tiles) or "sm80_decode" (portable, built for decode tiles only).
 
     resolved: the family of the call (resolve_kernel_family); decode_plan: the plan has no
-    tile over DECODE_TILE_ROWS rows and the decode-only kernel is allowed."""
-    if resolved == "sm90":
+    tile over DECODE_TILE_ROWS rows and the decode-only kernel is allowed; kv_strides_shared:
+    the K and V caches have the same page and token strides, which the Hopper producer needs
+    (vLLM's caches always do; other K/V pairs run on the portable family)."""
+    if resolved == "sm90" and kv_strides_shared:
         return "sm90"
     return "sm80_decode" if decode_plan else "sm80"
 
@@ -299,7 +301,14 @@ class BatchAttention:
                if return_lse else None)
 
         decode_plan = self.decode_kernel and plan.max_item_rows <= DECODE_TILE_ROWS
-        kernel = select_kernel(self.kernel_family(q.dtype), decode_plan)
+        kv_strides_shared = k_cache.stride()[:2] == v_cache.stride()[:2]
+        if (not kv_strides_shared and self.kernel_family(q.dtype) == "sm90"
+                and _requested_family(self.family) == "sm90"):
+            raise ValueError(f"kernel family 'sm90' needs k_cache and v_cache with the same page "
+                             f"and token strides; got {tuple(k_cache.stride()[:2])} and "
+                             f"{tuple(v_cache.stride()[:2])} (family 'auto' runs such caches "
+                             f"on the portable kernels)")
+        kernel = select_kernel(self.kernel_family(q.dtype), decode_plan, kv_strides_shared)
         launch = _C.batch_attention_sm90 if kernel == "sm90" else _C.batch_attention
         with torch.cuda.device(self.device):
             launch(

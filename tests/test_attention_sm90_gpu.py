@@ -8,6 +8,8 @@ family cannot pass for a Hopper result. Same bounds as the portable tests: relat
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -119,3 +121,32 @@ def test_family_argument_overrides_the_environment(sm90_launches):
     planner = portable.make_planner(32, 8, 128, 16, torch.bfloat16, [1], [64])
     assert BatchAttention(planner).kernel_family(torch.bfloat16) == "sm90"
     assert BatchAttention(planner, family="sm80").kernel_family(torch.bfloat16) == "sm80"
+
+
+def test_k_and_v_with_different_strides_run_on_the_portable_family(sm90_launches):
+    # The Hopper producer reads K and V with one set of page and token strides: an explicit
+    # "sm90" request with a V cache laid out differently is refused, "auto" runs it on the
+    # portable family, still exactly.
+    q_lens, kv_lens = [70, 1], [300, 900]
+    batch = portable.make_batch(q_lens, kv_lens, 32, 8, 128, 16, torch.bfloat16, "paged_5d",
+                                seed=5)
+    k = batch.k_cache
+    num_pages, page_size, num_kv_heads, head_dim = k.shape
+    v = torch.full((num_pages, page_size, num_kv_heads + 1, head_dim), math.nan, dtype=k.dtype,
+                   device="cuda")[:, :, :num_kv_heads]
+    v.copy_(batch.v_cache)
+    batch.v_cache = v
+    batch.kv = batch.kv.with_cache(k, v)
+    variant = portable.make_variant("causal", 32, 6)
+    planner = portable.make_planner(32, 8, 128, 16, torch.bfloat16, q_lens, kv_lens)
+
+    explicit = BatchAttention(planner)  # FI_BACKEND_KERNEL_FAMILY=sm90 (fixture)
+    plan = explicit.plan(batch.qo_indptr_host, batch.kv_lens_host, variant)
+    with pytest.raises(ValueError, match="same page and token strides"):
+        explicit.run(batch.q, k, v, batch.kv, batch.seq_lens, batch.qo_indptr, variant,
+                     plan=plan)
+
+    auto = BatchAttention(planner, family="auto")
+    plan = auto.plan(batch.qo_indptr_host, batch.kv_lens_host, variant)
+    portable.run_and_check(batch, variant, auto, plan, torch.bfloat16)
+    assert not sm90_launches

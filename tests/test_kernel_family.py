@@ -86,3 +86,9 @@ def test_select_kernel_runs_every_plan_of_the_hopper_family_on_it():
     # Portable family: the decode-only kernel exactly for decode plans.
     assert select_kernel("sm80", decode_plan=True) == "sm80_decode"
     assert select_kernel("sm80", decode_plan=False) == "sm80"
+
+
+def test_select_kernel_sends_k_and_v_with_different_strides_to_the_portable_family():
+    # The Hopper producer computes one cache offset per key for K and V alike.
+    assert select_kernel("sm90", decode_plan=False, kv_strides_shared=False) == "sm80"
+    assert select_kernel("sm90", decode_plan=True, kv_strides_shared=False) == "sm80_decode"

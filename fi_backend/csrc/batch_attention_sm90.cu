@@ -102,6 +102,11 @@ void batch_attention_sm90(const BatchAttentionLaunch& launch) {
               std::to_string(p.k_stride_page) + ", " + std::to_string(p.k_stride_token) +
               " and v " + std::to_string(p.v_stride_page) + ", " +
               std::to_string(p.v_stride_token) + " elements");
+  require(p.k_stride_page == p.v_stride_page && p.k_stride_token == p.v_stride_token,
+          "k and v must share page and token strides (the producer computes one offset for "
+          "both); got k " + std::to_string(p.k_stride_page) + ", " +
+              std::to_string(p.k_stride_token) + " and v " + std::to_string(p.v_stride_page) +
+              ", " + std::to_string(p.v_stride_token) + " elements");
   require(launch.num_ctas >= 1 && launch.num_merge_ctas >= 0, "num_ctas must be >= 1");
   require_supported(launch.dtype, launch.head_dim);
   dispatch_dtype_head_dim(launch.dtype, launch.head_dim, "batch_attention_sm90",

@@ -239,6 +239,26 @@ __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
   cp_async_wait_all();
 }
 
+// Reduces N values (N a power of two) pairwise in place: log2(N) dependent steps instead of the
+// N - 1 of a running accumulator. Compile-time recursion, so that every step unrolls and the
+// values stay in registers.
+template <int WIDTH, int N, typename Op>
+__device__ __forceinline__ float tree_reduce_step(float (&v)[N], Op op) {
+#pragma unroll
+  for (int i = 0; i < WIDTH; ++i) v[i] = op(v[i], v[i + WIDTH]);
+  if constexpr (WIDTH == 1) {
+    return v[0];
+  } else {
+    return tree_reduce_step<WIDTH / 2>(v, op);
+  }
+}
+
+template <int N, typename Op>
+__device__ __forceinline__ float tree_reduce(float (&v)[N], Op op) {
+  static_assert(N >= 2 && (N & (N - 1)) == 0, "a tree over a power of two");
+  return tree_reduce_step<N / 2>(v, op);
+}
+
 // The online-softmax state of this thread's two rows of a work item (wgmma accumulator layout,
 // see consume) in base-2 units: m = max logit, d = this thread's part of the row sum (the quad
 // sharing the row adds its parts at the end).
@@ -267,9 +287,12 @@ struct ThreadRows {
   // place, updates m and d, and returns in `rescale` the factor for the output accumulated so
   // far. Without a logit transform S stays the raw dot product and the scale to base-2 logits
   // rides in the exponent's FFMA (s_to_log2); with one, S becomes base-2 logits first.
+  // whole_tile: every row sees every key of the tile (see visible_tile), so no mask is applied.
+  // This runs between the S = Q K^T wait and the next wgmma issue, i.e. on the critical path of
+  // the ping-pong: row maxima and sums are trees (log2 depth) rather than one dependent chain.
   template <int TILE_KV, typename FragS>
   __device__ __forceinline__ void softmax(FragS& s, int tile_lo, const AttentionVariant& variant,
-                                          const WorkItem& item, bool transforms, float s_to_log2,
+                                          bool whole_tile, bool transforms, float s_to_log2,
                                           int quad_lane, float (&rescale)[2]) {
     constexpr int kBlocks = TILE_KV / 8;
     if (transforms) {
@@ -288,9 +311,6 @@ struct ThreadRows {
     }
     // Masks are taken per tile, not per element, so that the common tile (every row sees
     // every key) is straight-line exp2 code.
-    const bool whole_tile =
-        tile_lo + TILE_KV <= item.kv_hi &&
-        variant.sees_whole_tile(item.q_pos_first, item.q_pos_last, tile_lo, tile_lo + TILE_KV);
     if (!whole_tile) {
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) {
@@ -305,34 +325,48 @@ struct ThreadRows {
         }
       }
     }
+    float row_max[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float row_max = kNegInf;
+      float block_max[kBlocks];
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) {
-        row_max = fmaxf(row_max, fmaxf(s(2 * h + 4 * j), s(1 + 2 * h + 4 * j)));
+        block_max[j] = fmaxf(s(2 * h + 4 * j), s(1 + 2 * h + 4 * j));
       }
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
-      row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 2));
+      row_max[h] = tree_reduce(block_max, [](float a, float b) { return fmaxf(a, b); });
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_max[h] = fmaxf(row_max[h], __shfl_xor_sync(0xffffffffu, row_max[h], 1));
+      row_max[h] = fmaxf(row_max[h], __shfl_xor_sync(0xffffffffu, row_max[h], 2));
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
       // s_to_log2 > 0 keeps the order (and -inf), so this is the max base-2 logit.
-      const float m_new = fmaxf(m[h], row_max * s_to_log2);
+      const float m_new = fmaxf(m[h], row_max[h] * s_to_log2);
       // While a row has seen no visible key its max is -inf; subtract 0 instead (P = 0).
       const float base = m_new == kNegInf ? 0.f : m_new;
       rescale[h] = fast_exp2(m[h] - base);
-      // Four partial sums keep the row sum's dependency chain a quarter as long.
-      float partial[4] = {0.f, 0.f, 0.f, 0.f};
+      float block_sum[kBlocks];
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& x = s(e + 2 * h + 4 * j);
-          x = fast_exp2(fmaf(x, s_to_log2, -base));
-          partial[(2 * j + e) % 4] += x;
-        }
+        float& x0 = s(2 * h + 4 * j);
+        float& x1 = s(1 + 2 * h + 4 * j);
+        x0 = fast_exp2(fmaf(x0, s_to_log2, -base));
+        x1 = fast_exp2(fmaf(x1, s_to_log2, -base));
+        block_sum[j] = x0 + x1;
       }
-      d[h] = fmaf(d[h], rescale[h], (partial[0] + partial[1]) + (partial[2] + partial[3]));
+      d[h] = fmaf(d[h], rescale[h], tree_reduce(block_sum, [](float a, float b) { return a + b; }));
       m[h] = m_new;
     }
+  }
+
+  // Whether every row sees every key of the tile [tile_lo, tile_lo + TILE_KV) of `item`.
+  template <int TILE_KV>
+  __device__ __forceinline__ static bool visible_tile(const AttentionVariant& variant,
+                                                      const WorkItem& item, int tile_lo) {
+    return tile_lo + TILE_KV <= item.kv_hi &&
+           variant.sees_whole_tile(item.q_pos_first, item.q_pos_last, tile_lo, tile_lo + TILE_KV);
   }
 };
 
@@ -476,6 +510,11 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
     turns.begin_item(num_tiles);
     RingPosition<Config::kStages> previous = at;  // the stage of tile t - 1
     for (int t = 0; t < num_tiles; ++t) {
+      const int tile_lo = item.kv_lo + t * kTileKv;
+      // Decided before the waits below, off the softmax's critical path; the empty asm keeps
+      // the compiler from sinking it back next to its use.
+      int whole_tile = ThreadRows::visible_tile<kTileKv>(variant, item, tile_lo);
+      asm volatile("" : "+r"(whole_tile));
       smem.ring.consumer_wait(at);
       if (has_rows) {
         turns.wait();
@@ -492,8 +531,8 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
         }
         fence_gemm_operand(s_acc);
         float rescale[2];
-        rows.softmax<kTileKv>(s_acc, item.kv_lo + t * kTileKv, variant, item, transforms,
-                              s_to_log2, quad_lane, rescale);
+        rows.softmax<kTileKv>(s_acc, tile_lo, variant, whole_tile != 0, transforms, s_to_log2,
+                              quad_lane, rescale);
         // Pins the softmax before the wait below; without it the compiler hoists the wait
         // (it sees no dependence) and the overlap is gone.
         fence_gemm_operand(s_acc);

@@ -96,12 +96,10 @@ __device__ __forceinline__ void cp_async_16_or_zero(std::uint32_t dst_smem, cons
 
 // a * b + c with a 32 x 32 -> 64-bit product: one IMAD.WIDE (C++'s int64 arithmetic on
 // sign-extended operands compiles to a full 64-bit multiply).
-__device__ __forceinline__ const char* mad_wide(int a, int b, const char* c) {
-  std::uint64_t result;
-  asm("mad.wide.s32 %0, %1, %2, %3;"
-      : "=l"(result)
-      : "r"(a), "r"(b), "l"(reinterpret_cast<std::uint64_t>(c)));
-  return reinterpret_cast<const char*>(result);
+__device__ __forceinline__ std::int64_t mad_wide(int a, int b, std::int64_t c) {
+  std::int64_t result;
+  asm("mad.wide.s32 %0, %1, %2, %3;" : "=l"(result) : "r"(a), "r"(b), "l"(c));
+  return result;
 }
 
 // Byte offset of element (key, dim, stage) in a ring laid out by SmemLayout, a CuTe swizzled
@@ -156,8 +154,10 @@ constexpr bool blocks_of_8_keys_shift_uniformly() {
 // not depend on the tile is computed once per kernel (the shared-memory addresses of a thread's
 // chunks: within a stage they repeat every 8 keys up to a constant) or once per work item (the
 // head's base pointers with the thread's chunk folded in). Per tile, each lane looks up the
-// page of one key of its warp (look_up, issued a tile ahead), and per pass the copying lanes
-// fetch (page, slot in page) of their key from that lane with one shuffle each.
+// page of one key of its warp (look_up, issued a tile ahead) and turns it into the key's byte
+// offset in the cache; per pass the copying lanes fetch that offset from the lane with two
+// 32-bit shuffles, and it serves K and V alike: K and V share their page and token strides
+// (the launcher checks; vLLM's caches are one tensor), so the copies' addresses are two adds.
 template <typename T, typename SmemLayout, int HEAD_DIM, int TILE_KV, int STAGES, int NUM_THREADS>
 struct PagedKvGather {
   static constexpr std::int64_t kElementBytes = sizeof(T);
@@ -199,12 +199,17 @@ struct PagedKvGather {
     int page;
     int slot;
   };
+  // The byte offset of a lane's key from the head's base pointers, split for 32-bit shuffles.
+  union RowOffset {
+    std::int64_t bytes;
+    int halves[2];
+  };
 
   std::uint32_t smem_k[kPhases];  // stage 0 address of this thread's chunk in pass `phase`
   int chunk_bytes;                // this thread's chunk within a key, in bytes
   int copy_key;                   // the key (within the tile) this thread copies in pass 0
   int lookup_key;                 // the key (within the tile) this lane looks up; -1: none
-  int k_page_bytes, k_slot_bytes, v_page_bytes, v_slot_bytes;
+  int page_bytes, slot_bytes;  // of K and of V
   FastDivmod page_size;
 
   // k_ring: the K ring (V's follows at v_minus_k bytes, see load); strides in bytes must fit
@@ -225,10 +230,8 @@ struct PagedKvGather {
       smem_k[phase] =
           mma::smem_addr(&k_ring(copy_key + phase * kKeysPerPass, chunk * 8, 0));
     }
-    k_page_bytes = static_cast<int>(p.k_stride_page * kElementBytes);
-    k_slot_bytes = static_cast<int>(p.k_stride_token * kElementBytes);
-    v_page_bytes = static_cast<int>(p.v_stride_page * kElementBytes);
-    v_slot_bytes = static_cast<int>(p.v_stride_token * kElementBytes);
+    page_bytes = static_cast<int>(p.k_stride_page * kElementBytes);
+    slot_bytes = static_cast<int>(p.k_stride_token * kElementBytes);
     page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
   }
 
@@ -263,12 +266,17 @@ struct PagedKvGather {
     const std::uint32_t stage_offset = static_cast<std::uint32_t>(stage * kStageBytes);
     // Pass `pass` copies key copy_key + pass * kKeysPerPass, which exists iff that is < keys_left.
     const int keys_left = s.kv_hi - tile_lo - copy_key;
+    RowOffset looked_up;
+    looked_up.bytes = mad_wide(lookup.page, page_bytes, mad_wide(lookup.slot, slot_bytes, 0));
 #pragma unroll
     for (int pass = 0; pass < kPasses; ++pass) {
-      const int page = __shfl_sync(0xffffffffu, lookup.page, pass, kChunksPerRow);
-      const int slot = __shfl_sync(0xffffffffu, lookup.slot, pass, kChunksPerRow);
-      const char* k_src = mad_wide(page, k_page_bytes, mad_wide(slot, k_slot_bytes, s.k));
-      const char* v_src = mad_wide(page, v_page_bytes, mad_wide(slot, v_slot_bytes, s.v));
+      RowOffset row;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        row.halves[half] = __shfl_sync(0xffffffffu, looked_up.halves[half], pass, kChunksPerRow);
+      }
+      const char* k_src = s.k + row.bytes;
+      const char* v_src = s.v + row.bytes;
       const std::uint32_t k_dst = smem_k[pass % kPhases] + stage_offset +
                                   (pass / kPhases) * (kPhases * kKeysPerPass / 8) * kBlockBytes;
       const bool past_end = pass * kKeysPerPass >= keys_left;
