@@ -137,6 +137,13 @@ __device__ __forceinline__ void issue_gemm(TiledMma& tiled_mma, FragA& a, const 
   cute::warpgroup_commit_batch();
 }
 
+// The same value, marked warp-uniform for the compiler (a shuffle from lane 0): wgmma
+// descriptors derived from it are then computed in uniform registers, instead of per thread
+// and moved over with an R2UR before every wgmma.
+__device__ __forceinline__ int warp_uniform(int value) {
+  return __shfl_sync(0xffffffffu, value, 0);
+}
+
 // Keeps the compiler from moving register reads or writes of a wgmma operand across the
 // wgmma.wait that retires it (the wait itself names no registers).
 template <typename Frag>
@@ -518,11 +525,11 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
       smem.ring.consumer_wait(at);
       if (has_rows) {
         turns.wait();
-        issue_gemm<true>(mma_qk, frag_q, frag_k(_, _, _, at.stage), s_acc);
+        issue_gemm<true>(mma_qk, frag_q, frag_k(_, _, _, warp_uniform(at.stage)), s_acc);
         // Each path issues and waits in one branch: ptxas serializes every wgmma when it
         // cannot match an issue with its wait.
         if (t > 0) {
-          issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, previous.stage), o_acc);
+          issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, warp_uniform(previous.stage)), o_acc);
           turns.hand_over(false);
           warpgroup_wait<1>();  // S_t is ready; P_{t-1} V_{t-1} may still run
         } else {
@@ -569,7 +576,7 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
     if (num_tiles > 0) {
       if (has_rows) {
         turns.wait();
-        issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, previous.stage), o_acc);
+        issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, warp_uniform(previous.stage)), o_acc);
         turns.hand_over(true);
         warpgroup_wait<0>();
         fence_gemm_operand(o_acc);
@@ -613,7 +620,7 @@ __global__ void __launch_bounds__(kSm90Threads, 1)
   __syncthreads();
 
   const AttentionVariant variant{p.variant};
-  const int warpgroup = threadIdx.x / kWarpgroupThreads;
+  const int warpgroup = warp_uniform(threadIdx.x / kWarpgroupThreads);
   // Each role reads the CTA's work range itself, after setmaxnreg: a value live across the
   // register split ends up in local memory.
   const int* work_indptr = p.plan.cta_work_indptr + blockIdx.x;
