@@ -48,9 +48,9 @@ KERNEL_FAMILY_ENV = "FI_BACKEND_KERNEL_FAMILY"
 SM90_CAPABILITY = (9, 0)
 SM90_IN_AUTO = True
 """Whether "auto" picks the Hopper family where it can run: validated against the oracle by
-tests/test_attention_sm90_gpu.py on an H100; in one H100 run of benchmarks/bench_kernels.py
-1.8-1.9x the portable family on prefill and as fast or faster on 16 of 17 decode cells (the
-17th, 256 x 512, 0.2 % slower)."""
+tests/test_attention_sm90_gpu.py on an H100; on one H100, benchmarks/bench_kernels.py run for
+each family two minutes apart (benchmarks/results/kernels_h100x2_2026-11-27c_*): 1.6-2.2x the
+portable family on prefill and as fast or faster on all 17 decode cells (1.00-1.35x)."""
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
