@@ -6,13 +6,14 @@ import copy
 import io
 import json
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from fi_backend.bench import cli, report, serve
 from fi_backend.bench.e2e import token_timing_summary
-from fi_backend.bench.host import BACKENDS, OURS
+from fi_backend.bench.host import BACKENDS, OURS, git_commit
 from fi_backend.bench.progress import ProgressBar
 from fi_backend.bench.workloads import WORKLOADS, Workload, shipped_models
 
@@ -399,3 +400,21 @@ def test_kernels_command_runs_the_repository_benchmark():
                                     no_compare=True, family="sm90")
     assert command[1:] == [str(kernels.BENCH_SCRIPT), "--out", "/tmp/k.json", "--family", "sm90",
                            "--no-compare"]
+
+
+def test_git_commit_names_the_commit_and_flags_a_tree_that_differs_from_it(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "kernel.cu").write_text("v1\n")
+    git("add", "kernel.cu")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "v1")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "kernel.cu").write_text("v2\n")  # a work tree newer than its .git
+    assert git_commit(tmp_path) == f"{head}-dirty"
+    assert git_commit(tmp_path / "not-a-repo") is None

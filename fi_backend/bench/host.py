@@ -78,14 +78,25 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def git_commit() -> str | None:
-    repo = Path(__file__).resolve().parent.parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+def git_commit(repo: Path | None = None) -> str | None:
+    """The short commit of the checkout fi_backend runs from, with "-dirty" when tracked files
+    differ from it: a copied work tree whose .git is older than its files then says so instead
+    of naming a commit that was not what ran."""
+    repo = repo if repo is not None else Path(__file__).resolve().parent.parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
         return None
-    return out.stdout.strip() or None
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit}-dirty" if changes else commit
 
 
 def host_info() -> dict:
