@@ -302,30 +302,35 @@ struct ThreadRows {
                                           bool whole_tile, bool transforms, float s_to_log2,
                                           int quad_lane, float (&rescale)[2]) {
     constexpr int kBlocks = TILE_KV / 8;
-    // Visits every element of S with its row h and its key position.
-    const auto for_each_logit = [&](auto&& visit) {
+    if (transforms) {
 #pragma unroll
       for (int j = 0; j < kBlocks; ++j) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            visit(s(e + 2 * h + 4 * j), h, tile_lo + 8 * j + 2 * quad_lane + e);
+            const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
+            float& x = s(e + 2 * h + 4 * j);
+            x = variant.logit_log2(x, slope[h], kv_pos - q_pos[h]);
           }
         }
       }
-    };
-    if (transforms) {
-      for_each_logit([&](float& x, int h, int kv_pos) {
-        x = variant.logit_log2(x, slope[h], kv_pos - q_pos[h]);
-      });
     }
     // Masks are taken per tile, not per element, so that the common tile (every row sees
     // every key) is straight-line exp2 code.
     if (!whole_tile) {
-      for_each_logit([&](float& x, int h, int kv_pos) {
-        x = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : x;
-      });
+#pragma unroll
+      for (int j = 0; j < kBlocks; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
+            float& x = s(e + 2 * h + 4 * j);
+            x = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : x;
+          }
+        }
+      }
     }
     float row_max[2];
 #pragma unroll
