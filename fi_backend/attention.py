@@ -301,14 +301,14 @@ class BatchAttention:
                if return_lse else None)
 
         decode_plan = self.decode_kernel and plan.max_item_rows <= DECODE_TILE_ROWS
+        family = self.kernel_family(q.dtype)
         kv_strides_shared = k_cache.stride()[:2] == v_cache.stride()[:2]
-        if (not kv_strides_shared and self.kernel_family(q.dtype) == "sm90"
-                and _requested_family(self.family) == "sm90"):
+        if not kv_strides_shared and family == "sm90" and self.family == "sm90":
             raise ValueError(f"kernel family 'sm90' needs k_cache and v_cache with the same page "
                              f"and token strides; got {tuple(k_cache.stride()[:2])} and "
                              f"{tuple(v_cache.stride()[:2])} (family 'auto' runs such caches "
                              f"on the portable kernels)")
-        kernel = select_kernel(self.kernel_family(q.dtype), decode_plan, kv_strides_shared)
+        kernel = select_kernel(family, decode_plan, kv_strides_shared)
         launch = _C.batch_attention_sm90 if kernel == "sm90" else _C.batch_attention
         with torch.cuda.device(self.device):
             launch(
