@@ -20,6 +20,7 @@ achieve; prefill reports TFLOP/s (4 * sum(q_len * kv_len) / 2 * heads * head_dim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -35,7 +36,7 @@ from fi_backend import _C  # noqa: E402
 from fi_backend.attention import BatchAttention, ctas_per_sm  # noqa: E402
 from fi_backend.bench.sass import extension_instruction_mix  # noqa: E402
 from fi_backend.metadata.block_sparse import BlockSparseKV  # noqa: E402
-from fi_backend.metadata.planner import Planner  # noqa: E402
+from fi_backend.metadata.planner import CostModel, Planner, SplitPolicy  # noqa: E402
 from fi_backend.variants import AttentionVariant  # noqa: E402
 
 NUM_QO_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_SIZE = 32, 8, 128, 16
@@ -203,6 +204,19 @@ def comparisons(enabled: bool) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def parse_overrides(cls, overrides: str, option: str):
+    """An instance of the dataclass `cls` with 'field=value,...' overrides applied."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {}
+    for override in filter(None, overrides.split(",")):
+        name, _, value = override.partition("=")
+        if name not in fields or not value:
+            raise SystemExit(f"{option}: {override!r} is not FIELD=VALUE with FIELD one of "
+                             f"{', '.join(fields)}")
+        values[name] = int(value) if fields[name] in (int, "int") else float(value)
+    return cls(**values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON results path")
@@ -216,7 +230,15 @@ def main() -> None:
                         "Hopper sm90a ones (default: auto)")
     parser.add_argument("--cases", default="", help="comma-separated substrings: run only the "
                         "cases whose 'kind case' contains one (e.g. 'prefill 1 x 4096')")
+    parser.add_argument("--cost-model", default="", metavar="FIELD=VALUE,...",
+                        help="override fields of the planner's CostModel, to calibrate it "
+                        "(e.g. 'row_overhead_tokens=256,item_overhead_tokens=32')")
+    parser.add_argument("--split-policy", default="", metavar="FIELD=VALUE,...",
+                        help="override fields of the planner's SplitPolicy (e.g. "
+                        "'overfill_fraction=0.02')")
     args = parser.parse_args()
+    cost_model = parse_overrides(CostModel, args.cost_model, "--cost-model")
+    split_policy = parse_overrides(SplitPolicy, args.split_policy, "--split-policy")
 
     torch.manual_seed(0)
     timer = Timer(args.replays)
@@ -232,7 +254,8 @@ def main() -> None:
     num_ctas = props.multi_processor_count * ctas_per_sm(DTYPE, HEAD_DIM, family=args.family)
     planner = Planner(max_requests=256, max_batched_tokens=16384, max_model_len=32768,
                       num_qo_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS, head_dim=HEAD_DIM,
-                      page_size=PAGE_SIZE, num_ctas=num_ctas, device="cuda")
+                      page_size=PAGE_SIZE, num_ctas=num_ctas, device="cuda",
+                      cost_model=cost_model, split_policy=split_policy)
     attention = BatchAttention(planner, family=args.family)
     family = attention.kernel_family(DTYPE)
     print(f"fi_backend kernel family: {family} (requested {args.family})")
@@ -280,7 +303,8 @@ def main() -> None:
     sass = sass_check(family)
     args.out.write_text(json.dumps({
         "device": props.name, "sms": props.multi_processor_count, "num_ctas": num_ctas,
-        "family": family, "sass": sass,
+        "family": family, "sass": sass, "cost_model": dataclasses.asdict(cost_model),
+        "split_policy": dataclasses.asdict(split_policy),
         "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": results}, indent=1))
 
 

@@ -16,7 +16,7 @@ from fi_backend.metadata.block_sparse import BlockSparseKV
 from fi_backend.metadata.executor import execute_plan_reference
 from fi_backend.metadata.plan_layout import (DECODE_TILE_ROWS, MAX_TILE_ROWS, PlanCapacity,
                                              PlanLayout, tile_tokens)
-from fi_backend.metadata.planner import Planner, SplitPolicy, cta_costs
+from fi_backend.metadata.planner import CostModel, Planner, SplitPolicy, cta_costs
 from fi_backend.variants import AttentionVariant
 
 HEAD_DIM = 16
@@ -197,6 +197,19 @@ def test_balance_on_h100_grid(name):
     split = plan.section("work_partial_slot") >= 0
     assert (end[split] - start[split] >= policy.min_chunk_tokens).all()
     assert (start[split] % policy.chunk_align_tokens == 0).all()
+
+
+@pytest.mark.parametrize("row_overhead_tokens", [0.0, 512.0, 1024.0])
+@pytest.mark.parametrize("batch, q_len", [(1, 4096), (1, 16384), (8, 2048), (32, 512)])
+def test_causal_prefill_balance_follows_the_cost_model(batch, q_len, row_overhead_tokens):
+    # The prefill cells: many items of one size per request and KV head, growing in
+    # KV length. The C++ scheduler must charge the per-row overhead exactly as
+    # CostModel.item_cost does (which this measures with), or the cut CTAs are off by the
+    # overhead of every item they hold.
+    planner = make_planner(cost_model=CostModel(row_overhead_tokens=row_overhead_tokens))
+    plan = planner.plan(indptr_of([q_len] * batch), np.full(batch, q_len, np.int32),
+                        AttentionVariant(causal=True))
+    assert balance(plan, planner) <= 1.10
 
 
 def test_tiny_work_runs_on_few_ctas_unsplit():

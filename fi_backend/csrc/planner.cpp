@@ -49,12 +49,13 @@ struct SchedulerConfig {
   int max_merge_items;
   int max_partial_slots;
   // Cost model (planner.py, "Cost model"): cost of an item with R rows and N KV tokens is
-  // (N rounded up to kv_tile_tokens + item_overhead_tokens) * (kv_load_rows + R rounded up
-  // to row_granule).
+  // (N' + item_overhead_tokens) * (kv_load_rows + R') + row_overhead_tokens * R', with N'
+  // = N rounded up to kv_tile_tokens and R' = R rounded up to row_granule.
   double kv_load_rows;
   int row_granule;
   int kv_tile_tokens;
   double item_overhead_tokens;
+  double row_overhead_tokens;
   // Split policy (planner.py, "Split policy").
   double overfill_fraction;  // a CTA may exceed its target by this instead of a split
   int min_chunk_tokens;      // no chunk cut from a tile is shorter than this
@@ -165,7 +166,8 @@ class PlanScheduler {
     const int padded_rows =
         (rows + config_.row_granule - 1) / config_.row_granule * config_.row_granule;
     g.cost_per_kv_token = config_.kv_load_rows + padded_rows;
-    g.item_overhead = config_.item_overhead_tokens * g.cost_per_kv_token;
+    g.item_overhead = config_.item_overhead_tokens * g.cost_per_kv_token +
+                      config_.row_overhead_tokens * padded_rows;
     return g;
   }
 
@@ -231,7 +233,8 @@ class PlanScheduler {
     // A split adds one item's overhead; budget it (for a decode-sized tile) into the
     // targets of the CTAs still to fill, so that the last CTA does not collect it all.
     const double split_overhead =
-        config_.item_overhead_tokens * (config_.kv_load_rows + config_.row_granule);
+        config_.item_overhead_tokens * (config_.kv_load_rows + config_.row_granule) +
+        config_.row_overhead_tokens * config_.row_granule;
     double unassigned = total_cost;
     int cta = 0;
     double cta_load = 0.0;
@@ -434,6 +437,7 @@ void bind_planner(py::module_& m) {
       .def_readwrite("row_granule", &SchedulerConfig::row_granule)
       .def_readwrite("kv_tile_tokens", &SchedulerConfig::kv_tile_tokens)
       .def_readwrite("item_overhead_tokens", &SchedulerConfig::item_overhead_tokens)
+      .def_readwrite("row_overhead_tokens", &SchedulerConfig::row_overhead_tokens)
       .def_readwrite("overfill_fraction", &SchedulerConfig::overfill_fraction)
       .def_readwrite("min_chunk_tokens", &SchedulerConfig::min_chunk_tokens)
       .def_readwrite("chunk_align_tokens", &SchedulerConfig::chunk_align_tokens);

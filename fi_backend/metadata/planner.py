@@ -20,20 +20,28 @@ A work item is (request, KV head, tile, KV chunk); an unsplit tile is one item.
 
 Cost model
 ----------
-An item with R rows over N KV tokens costs `(N' + item_overhead_tokens) * (kv_load_rows + R')`
+An item with R rows over N KV tokens costs
+`(N' + item_overhead_tokens) * (kv_load_rows + R') + row_overhead_tokens * R'`
 with `R'` = R rounded up to `row_granule` (16, the MMA row granule: a 4-row decode tile
 computes 16 rows) and `N'` = N rounded up to `kv_tile_tokens` (64, the kernels' KV tile: the
 first tile of a causal prefill, 16 keys, computes a whole 64-key tile). Why this form: per KV
-token a CTA (a) streams the token's K and V rows from memory and (b) multiplies them with its R' query rows (QK^T and PV, 4 * head_dim FLOPs
-per row) and exponentiates R' logits. (a) is independent of R: at H100's ~300 FLOP per byte
-of HBM bandwidth a KV token (4 * head_dim bytes) takes as long as the MMA work of ~300 rows,
-but prefill tiles find their KV mostly in L2 (the request's other tiles read the same pages),
-and softmax costs more than MMA per row; `kv_load_rows = 64` puts a KV token's load between
-the L2 and HBM figures, so a decode token costs 64 + 16 = 80 and a full 128-row prefill
-token 192. The fixed overhead per item (loading the query tile, filling the K/V pipeline, writing
-the output or a float32 partial state that the merge reads back) is worth about 32 KV tokens,
-i.e. ~1 us per item. The constants are engineering estimates, to be calibrated on the GPU;
-the policy below only needs costs to be proportional to time.
+token a CTA (a) streams the token's K and V rows from memory and (b) multiplies them with its
+R' query rows (QK^T and PV, 4 * head_dim FLOPs per row) and exponentiates R' logits. (a) is
+independent of R: at H100's ~300 FLOP per byte of HBM bandwidth a KV token (4 * head_dim
+bytes) takes as long as the MMA work of ~300 rows, but prefill tiles find their KV mostly in
+L2 (the request's other tiles read the same pages), and softmax costs more than MMA per row;
+`kv_load_rows = 64` puts a KV token's load between the L2 and HBM figures, so a decode token
+costs 64 + 16 = 80 and a full 128-row prefill token 192. Each item also pays a fixed part
+(`item_overhead_tokens` = 32: the chain of dependent metadata loads and the pipeline fill)
+and a part per row (`row_overhead_tokens` per padded row: the query tile's load, the output
+or float32 partial state written, and the tile's first S = Q K^T and last P V, which run
+without the other half of the software pipeline beside them). The per-row part was
+calibrated on an H100 (bench_kernels.py --cost-model, causal prefill of 32 query / 8 KV
+heads, items of 128 rows): at 0, CTAs holding many short items ran up to 1.4x longer than
+the mean (Nsight Compute: SMs active 65 % of the kernel at 1 x 4096); 320 / 448 / 576 / 704
+took 1 x 4096 from 436 us to 359 / 344 / 323 / 311 us on the Hopper kernels, and 448 the
+portable kernels' from 877 to 836 us. The default, 512, lies between the best points;
+decode is unaffected (within 2 %). Only ratios of costs matter to the policy below.
 
 Split policy
 ------------
@@ -102,12 +110,14 @@ class CostModel:
     row_granule: int = 16
     kv_tile_tokens: int = 64
     item_overhead_tokens: float = 32.0
+    row_overhead_tokens: float = 512.0
 
     def item_cost(self, rows, kv_tokens):
         """Cost of items with `rows` rows over `kv_tokens` KV tokens (numbers or arrays)."""
         padded_rows = -(-np.asarray(rows) // self.row_granule) * self.row_granule
         charged_tokens = -(-np.asarray(kv_tokens) // self.kv_tile_tokens) * self.kv_tile_tokens
-        return (charged_tokens + self.item_overhead_tokens) * (self.kv_load_rows + padded_rows)
+        return ((charged_tokens + self.item_overhead_tokens) * (self.kv_load_rows + padded_rows)
+                + self.row_overhead_tokens * padded_rows)
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,7 @@ class Planner:
                 ("row_granule", cost_model.row_granule),
                 ("kv_tile_tokens", cost_model.kv_tile_tokens),
                 ("item_overhead_tokens", cost_model.item_overhead_tokens),
+                ("row_overhead_tokens", cost_model.row_overhead_tokens),
                 ("overfill_fraction", split_policy.overfill_fraction),
                 ("min_chunk_tokens", split_policy.min_chunk_tokens),
                 ("chunk_align_tokens", split_policy.chunk_align_tokens)):
