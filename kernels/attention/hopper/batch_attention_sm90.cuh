@@ -382,28 +382,38 @@ struct ThreadRows {
 // while the other's products hold the tensor cores. Warpgroup w waits for its turn on named
 // barrier kFirstBarrier + w (256 threads: its own 128 waiting, the other's 128 arriving) and
 // hands the turn over once its batch is issued. In an item of n > 0 KV tiles each warpgroup
-// issues n + 1 batches (S_t with P_{t-1} V_{t-1} per tile, then the last P V); warpgroup 1
-// grants warpgroup 0 the first turn and skips its own last hand-over, so each barrier gets
-// exactly as many arrivals as waits within the item and no turn leaks into the next one.
+// issues n + 1 batches (S_t with P_{t-1} V_{t-1} per tile, then the last P V).
+// The turns run on from item to item: warpgroup 1's hand-over after its last batch grants
+// warpgroup 0 the first turn of the next item in which both take turns, so that warpgroup 0
+// issues that item's first S while warpgroup 1 still waits for its last P V and writes its
+// rows (were the grant given at the next item's start, the tensor cores would idle through
+// warpgroup 1's epilogue at every item boundary). Warpgroup 1 grants the very first turn when
+// it enters the CTA's first such item, and warpgroup 0 takes the grant left pending after the
+// last one (finish), so that each barrier sees as many arrivals as waits.
 struct GemmTurns {
   static constexpr int kFirstBarrier = kConsumerWarpgroups;  // after the per-warpgroup Q ones
   static constexpr int kThreads = 2 * kWarpgroupThreads;
   static_assert(kConsumerWarpgroups == 2, "turns alternate between two warpgroups");
   int wg;
-  bool active;  // both warpgroups have rows in this item (the same value in both)
+  bool active = false;   // both warpgroups take turns in the current item (same in both)
+  bool started = false;  // a turn for warpgroup 0 has been granted: one is pending between items
 
-  __device__ __forceinline__ void begin_item(int num_tiles) const {
-    if (active && wg == 1 && num_tiles > 0) {
-      cutlass::arch::NamedBarrier::arrive(kThreads, kFirstBarrier + 0);
+  // both_have_rows and num_tiles are the same in both warpgroups.
+  __device__ __forceinline__ void begin_item(bool both_have_rows, int num_tiles) {
+    active = both_have_rows && num_tiles > 0;
+    if (active && !started) {
+      if (wg == 1) cutlass::arch::NamedBarrier::arrive(kThreads, kFirstBarrier + 0);
+      started = true;
     }
   }
   __device__ __forceinline__ void wait() const {
     if (active) cutlass::arch::NamedBarrier::sync(kThreads, kFirstBarrier + wg);
   }
-  __device__ __forceinline__ void hand_over(bool last_batch) const {
-    if (active && !(last_batch && wg == 1)) {
-      cutlass::arch::NamedBarrier::arrive(kThreads, kFirstBarrier + 1 - wg);
-    }
+  __device__ __forceinline__ void hand_over() const {
+    if (active) cutlass::arch::NamedBarrier::arrive(kThreads, kFirstBarrier + 1 - wg);
+  }
+  __device__ __forceinline__ void finish() const {
+    if (started && wg == 0) cutlass::arch::NamedBarrier::sync(kThreads, kFirstBarrier + 0);
   }
 };
 
@@ -478,18 +488,21 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
   };
 
   RingPosition<Config::kStages> at;
+  GemmTurns turns{wg};
   // Whether this warpgroup's Q rows of item w were already issued, during the last tile of
   // item w - 1 (see below).
   bool q_issued = false;
+  // Each item is loaded one item ahead (for its Q copies, see q_prefetch_tile) and kept, so
+  // that its chain of dependent metadata loads never sits between two items.
+  WorkItem next{};
+  if (first < last) next = load_work_item(p, variant, first);
   for (int w = first; w < last; ++w) {
-    const WorkItem item = load_work_item(p, variant, w);
+    const WorkItem item = next;
     const bool has_rows = wg * kWarpgroupRows < item.rows;
-    // The next item, for its Q copies only: the fields they read are all that stays live
-    // through this item's tiles (the next iteration loads the item again, from L2).
     // (Without a next item this reloads item w, unused: loading it unconditionally keeps the
     // copies' operands free of the has_next select.)
     const bool has_next = w + 1 < last;
-    const WorkItem next = load_work_item(p, variant, has_next ? w + 1 : w);
+    next = load_work_item(p, variant, has_next ? w + 1 : w);
 
     if (has_rows) {
       if (!q_issued) {
@@ -513,8 +526,7 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
     // of this warpgroup in it).
     const int q_prefetch_tile =
         has_next && wg * kWarpgroupRows < next.rows ? num_tiles - 1 : -1;
-    const GemmTurns turns{wg, item.rows > kWarpgroupRows};
-    turns.begin_item(num_tiles);
+    turns.begin_item(item.rows > kWarpgroupRows, num_tiles);
     RingPosition<Config::kStages> previous = at;  // the stage of tile t - 1
     for (int t = 0; t < num_tiles; ++t) {
       const int tile_lo = item.kv_lo + t * kTileKv;
@@ -530,10 +542,10 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
         // cannot match an issue with its wait.
         if (t > 0) {
           issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, warp_uniform(previous.stage)), o_acc);
-          turns.hand_over(false);
+          turns.hand_over();
           warpgroup_wait<1>();  // S_t is ready; P_{t-1} V_{t-1} may still run
         } else {
-          turns.hand_over(false);
+          turns.hand_over();
           warpgroup_wait<0>();
         }
         fence_gemm_operand(s_acc);
@@ -577,7 +589,7 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
       if (has_rows) {
         turns.wait();
         issue_gemm<false>(mma_pv, p_frag, frag_vt(_, _, _, warp_uniform(previous.stage)), o_acc);
-        turns.hand_over(true);
+        turns.hand_over();
         warpgroup_wait<0>();
         fence_gemm_operand(o_acc);
         fence_gemm_operand(p_frag);
@@ -605,6 +617,7 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
       }
     }
   }
+  turns.finish();
 }
 
 template <typename T, int HEAD_DIM>
