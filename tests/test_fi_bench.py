@@ -298,6 +298,8 @@ def test_bench_command_is_accepted_by_vllm_bench_serve(tmp_path):
     assert (args.random_prefix_len, args.random_input_len, args.random_output_len) == (8192, 256, 128)
     assert args.request_rate == 4.0 and args.num_prompts == 128 and args.ignore_eos
     assert args.percentile_metrics == "ttft,tpot,itl" and args.metric_percentiles == "50,99"
+    # The served name, so that the server's /tokenize knows the model (prompt alignment).
+    assert args.model == "m" and args.served_model_name == "m" and args.tokenizer == str(tmp_path)
 
 
 def test_server_command_is_accepted_by_vllm_serve(tmp_path, monkeypatch):

@@ -80,7 +80,11 @@ def bench_command(served_dir: Path, model_name: str, workload: Workload, rate: f
                   settings: dict, result_dir: Path, result_name: str) -> list[str]:
     command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve",
                "--backend", "vllm", "--base-url", f"http://127.0.0.1:{settings['port']}",
-               "--endpoint", "/v1/completions", "--model", str(served_dir),
+               # --model is also the name vllm bench serve sends to the server's /tokenize to
+               # align its prompts with the server's tokenizer: it must be the served name
+               # (with the folder's path the server answers 404, the alignment is skipped and
+               # prompts that re-tokenize longer than the model length are refused with 400).
+               "--endpoint", "/v1/completions", "--model", model_name,
                "--served-model-name", model_name, "--tokenizer", str(served_dir),
                "--dataset-name", "random", "--random-input-len", str(workload.unique_input_len),
                "--random-output-len", str(workload.output_len),
