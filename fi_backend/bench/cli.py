@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = e2e.add_argument_group(
         "online serving (--serve)",
         "Starts `vllm serve` per backend on localhost and drives it with `vllm bench serve` "
-        "(random dataset) at each request rate, with a synthetic word-level tokenizer written "
+        "(random dataset) at each request rate, with a synthetic tokenizer (one token per "
+        "fixed-width base-62 number) written "
         "next to the model config so that no download is needed.")
     serve.add_argument("--serve", action="store_true",
                        help="measure online serving instead of offline LLM runs")

@@ -2,16 +2,21 @@
 `vllm bench serve` (random dataset) at a sweep of request rates.
 
 `vllm bench serve` needs a tokenizer to build its random prompts, and the server needs the same
-one to count them. We write a word-level tokenizer ("w<id>" <-> token id, one word per token,
-no special tokens added) next to a copy of the model config: prompts then are exactly the
+one to count them. We write a synthetic tokenizer next to a copy of the model config: token id
+i <-> i written in base 62 with a fixed number of digits (3 for a 128K vocabulary), the text
+being the tokens' digits back to back, no special tokens added. Prompts then are exactly the
 requested number of random token ids, nothing is downloaded, and every backend gets the same
-requests (same --seed).
+requests (same --seed). No separator between tokens, because vLLM's server refuses a prompt
+longer in characters than max_chars_per_token (its longest vocabulary entry) times the tokens
+it may hold before tokenizing it: with separators a prompt near the model length is refused
+(HTTP 400).
 """
 
 import json
 import os
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -24,17 +29,37 @@ from .progress import ProgressBar
 from .workloads import Workload, hf_overrides_for, model_vocab_size
 
 _SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+_DIGITS = string.digits + string.ascii_lowercase + string.ascii_uppercase
 
 
-def write_word_level_tokenizer(folder: Path, vocab_size: int) -> None:
-    """tokenizer.json + tokenizer_config.json of a tokenizer whose token `i` is the word
-    `w<i>` (ids 0..2 are <unk>, <s>, </s>)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def token_digits(vocab_size: int) -> int:
+    """Base-62 digits per token of the synthetic tokenizer for `vocab_size` ids."""
+    digits = 1
+    while len(_DIGITS) ** digits < vocab_size:
+        digits += 1
+    return digits
 
+
+def token_text(token_id: int, digits: int) -> str:
+    """The synthetic tokenizer's text of `token_id`: base 62, zero-padded to `digits`."""
+    text = ""
+    for _ in range(digits):
+        token_id, digit = divmod(token_id, len(_DIGITS))
+        text = _DIGITS[digit] + text
+    return text
+
+
+def write_synthetic_tokenizer(folder: Path, vocab_size: int) -> None:
+    """tokenizer.json + tokenizer_config.json of the fixed-width tokenizer described above
+    (ids 0..2 are <unk>, <s>, </s>)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    digits = token_digits(vocab_size)
     vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
-    vocab.update({f"w{i}": i for i in range(len(_SPECIAL_TOKENS), vocab_size)})
+    vocab.update({token_text(i, digits): i for i in range(len(_SPECIAL_TOKENS), vocab_size)})
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(f".{{{digits}}}"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps({
@@ -43,7 +68,8 @@ def write_word_level_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def prepare_served_model(model_name: str, model_dir: Path, work_dir: Path) -> Path:
-    """A folder vLLM can serve with dummy weights: the model's config + the word tokenizer.
+    """A folder vLLM can serve with dummy weights: the model's config + the synthetic
+    tokenizer.
 
     The tokenizer covers the model's whole vocabulary: a dummy-weight model emits arbitrary
     token ids, and the server answers 400 to a request whose output it cannot detokenize.
@@ -51,7 +77,7 @@ def prepare_served_model(model_name: str, model_dir: Path, work_dir: Path) -> Pa
     folder = work_dir / "serve-models" / model_name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_dir / "config.json", folder / "config.json")
-    write_word_level_tokenizer(folder, model_vocab_size(model_dir))
+    write_synthetic_tokenizer(folder, model_vocab_size(model_dir))
     return folder
 
 
