@@ -442,3 +442,10 @@ def test_git_commit_names_the_commit_and_flags_a_tree_that_differs_from_it(tmp_p
     (tmp_path / "kernel.cu").write_text("v2\n")  # a work tree newer than its .git
     assert git_commit(tmp_path) == f"{head}-dirty"
     assert git_commit(tmp_path / "not-a-repo") is None
+
+
+def test_git_commit_declared_in_the_environment_wins_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("FI_BENCH_COMMIT", "7e6a144")
+    assert git_commit(tmp_path / "not-a-repo") == "7e6a144 (FI_BENCH_COMMIT)"
+    monkeypatch.setenv("FI_BENCH_COMMIT", " ")
+    assert git_commit(tmp_path / "not-a-repo") is None

@@ -3,6 +3,7 @@ attention backends can run here at all."""
 
 import importlib.metadata
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -81,7 +82,13 @@ def package_version(name: str) -> str | None:
 def git_commit(repo: Path | None = None) -> str | None:
     """The short commit of the checkout fi_backend runs from, with "-dirty" when tracked files
     differ from it: a copied work tree whose .git is older than its files then says so instead
-    of naming a commit that was not what ran."""
+    of naming a commit that was not what ran. Such a copy can name its source commit in the
+    environment variable FI_BENCH_COMMIT (set where the tree was copied from, e.g.
+    `FI_BENCH_COMMIT=$(git rev-parse --short HEAD)`), which is then recorded as
+    "<commit> (FI_BENCH_COMMIT)"."""
+    declared = os.environ.get("FI_BENCH_COMMIT", "").strip()
+    if declared:
+        return f"{declared} (FI_BENCH_COMMIT)"
     repo = repo if repo is not None else Path(__file__).resolve().parent.parent.parent
 
     def git(*args: str) -> str | None:
