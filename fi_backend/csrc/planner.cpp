@@ -141,6 +141,13 @@ class PlanScheduler {
     return static_cast<double>((n + tile - 1) / tile * tile);
   }
 
+  // The fixed part of an item's cost, for an item of padded_rows rows (rounded up to
+  // row_granule).
+  double item_overhead(int padded_rows) const {
+    return config_.item_overhead_tokens * (config_.kv_load_rows + padded_rows) +
+           config_.row_overhead_tokens * padded_rows;
+  }
+
   // Estimated cost of an item of geometry g over n keys.
   double item_cost(const TileGeometry& g, int n) const {
     return charged_kv_tokens(n) * g.cost_per_kv_token + g.item_overhead;
@@ -166,8 +173,7 @@ class PlanScheduler {
     const int padded_rows =
         (rows + config_.row_granule - 1) / config_.row_granule * config_.row_granule;
     g.cost_per_kv_token = config_.kv_load_rows + padded_rows;
-    g.item_overhead = config_.item_overhead_tokens * g.cost_per_kv_token +
-                      config_.row_overhead_tokens * padded_rows;
+    g.item_overhead = item_overhead(padded_rows);
     return g;
   }
 
@@ -232,9 +238,7 @@ class PlanScheduler {
 
     // A split adds one item's overhead; budget it (for a decode-sized tile) into the
     // targets of the CTAs still to fill, so that the last CTA does not collect it all.
-    const double split_overhead =
-        config_.item_overhead_tokens * (config_.kv_load_rows + config_.row_granule) +
-        config_.row_overhead_tokens * config_.row_granule;
+    const double split_overhead = item_overhead(config_.row_granule);
     double unassigned = total_cost;
     int cta = 0;
     double cta_load = 0.0;
