@@ -168,8 +168,11 @@ def test_causal_and_window_shorten_each_tiles_kv_range():
     plan = planner.plan(indptr_of(q_lens), kv_upper, AttentionVariant(causal=True,
                                                                        window_left=100))
     # group 1: 128-token tiles; queries at 744..999 (upper bound), 739.. (exact >= 995).
-    np.testing.assert_array_equal(plan.section("work_kv_end")[:2], [872, 1000])
-    np.testing.assert_array_equal(plan.section("work_kv_start")[:2], [639, 767])
+    head0 = np.flatnonzero(plan.section("work_kv_head") == 0)
+    by_tile = head0[np.argsort(plan.section("work_q_start")[head0])]
+    np.testing.assert_array_equal(plan.section("work_q_start")[by_tile], [0, 128])
+    np.testing.assert_array_equal(plan.section("work_kv_end")[by_tile], [872, 1000])
+    np.testing.assert_array_equal(plan.section("work_kv_start")[by_tile], [639, 767])
 
 
 # --- balance -----------------------------------------------------------------------------
@@ -209,6 +212,51 @@ def test_causal_prefill_balance_follows_the_cost_model(batch, q_len, row_overhea
     planner = make_planner(cost_model=CostModel(row_overhead_tokens=row_overhead_tokens))
     plan = planner.plan(indptr_of([q_len] * batch), np.full(batch, q_len, np.int32),
                         AttentionVariant(causal=True))
+    assert balance(plan, planner) <= 1.10
+
+
+def running_kv_groups(plan, cost_model, at_fraction: float) -> set:
+    """(request, KV head) pairs of the items the CTAs run at `at_fraction` of the busiest
+    CTA's estimated time, each CTA running its items back to back at the model's costs."""
+    indptr = plan.section("cta_work_indptr")
+    rows = plan.section("work_q_len") * plan.group_size
+    kv = plan.section("work_kv_end") - plan.section("work_kv_start")
+    cost = cost_model.item_cost(rows, kv)
+    ends = [np.cumsum(cost[a:b]) for a, b in zip(indptr[:-1], indptr[1:])]
+    moment = at_fraction * max(e[-1] for e in ends if len(e))
+    groups = set()
+    for first, cta_ends in zip(indptr[:-1], ends):
+        running = np.searchsorted(cta_ends, moment, side="right")
+        if running < len(cta_ends):
+            i = first + running
+            groups.add((int(plan.section("work_request")[i]), int(plan.section("work_kv_head")[i])))
+    return groups
+
+
+@pytest.mark.parametrize("batch, q_len", [(1, 4096), (1, 16384), (8, 2048), (32, 512)])
+def test_prefill_plans_deal_whole_tiles_that_share_kv_at_any_moment(batch, q_len):
+    # Many tiles: the list schedule keeps them whole (no merges) and, because each goes to the
+    # CTA that frees first in KV-locality order, the CTAs at any moment work on at most a few
+    # (request, KV head) pairs, whose KV fits the L2 (the stream cut spreads them over one
+    # stretch per CTA: all 8 heads at 1 x 16384, ~130 pairs at 32 x 512). Tiles of unequal
+    # cost widen the window of tiles in flight beyond one per CTA, hence the factor 2.
+    planner = make_planner()
+    plan = planner.plan(indptr_of([q_len] * batch), np.full(batch, q_len, np.int32),
+                        AttentionVariant(causal=True))
+    assert plan.num_merge_items == 0 and (plan.section("work_partial_slot") == -1).all()
+    assert balance(plan, planner) <= 1 + planner.split_policy.overfill_fraction
+    tiles_per_group = -(-q_len * plan.group_size // MAX_TILE_ROWS)
+    for at in (0.1, 0.3, 0.5, 0.7, 0.9):
+        groups = running_kv_groups(plan, planner.cost_model, at)
+        assert len(groups) <= 2 + 2 * H100_CTAS // tiles_per_group, (at, sorted(groups))
+
+
+def test_long_decode_falls_back_to_split_tiles():
+    # One 32768-key decode per KV head: 8 whole tiles on 132 CTAs would leave the busiest at
+    # 16x the mean, so the stream cut splits them (and merges the pieces).
+    planner = make_planner()
+    plan = planner.plan(indptr_of([1]), np.array([32768], np.int32), AttentionVariant())
+    assert plan.num_merge_items == 8 and plan.num_work_items > 100
     assert balance(plan, planner) <= 1.10
 
 

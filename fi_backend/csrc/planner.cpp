@@ -4,10 +4,13 @@
 // One call of PlanScheduler::plan
 //   1. checks the batch against the engine's capacities (nothing is written before that),
 //   2. walks the batch's query tiles once to sum their estimated cost,
-//   3. walks them again as one stream, cutting it into num_ctas consecutive pieces of equal
-//      cost (a tile is split into KV chunks only where a CTA boundary falls inside it), and
-//      writes work items, CTA ranges, partial slots and merge items into the pinned staging
-//      buffer (layout: fi_backend/metadata/plan_layout.py),
+//   3. deals whole tiles in KV-locality order to the CTA that frees up first (a list
+//      schedule simulated with the cost model) when that keeps every CTA within
+//      overfill_fraction of the mean; otherwise walks them as one stream, cutting it into
+//      num_ctas consecutive pieces of equal cost (a tile is split into KV chunks only where a
+//      CTA boundary falls inside it). Either way it writes work items, CTA ranges, partial
+//      slots and merge items into the pinned staging buffer (layout:
+//      fi_backend/metadata/plan_layout.py),
 //   4. copies the used prefix of every section to the persistent device buffer: memcpy for a
 //      CPU "device", cudaMemcpyAsync / cudaMemcpy2DAsync on the caller's stream for CUDA.
 // It allocates nothing: every array it touches was sized by the capacities at construction.
@@ -21,7 +24,9 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -86,7 +91,10 @@ class PlanScheduler {
         offsets_(std::move(section_offsets)),
         staging_(reinterpret_cast<std::int32_t*>(staging_address)),
         device_(reinterpret_cast<std::int32_t*>(device_address)),
-        device_is_cuda_(device_is_cuda) {
+        device_is_cuda_(device_is_cuda),
+        cta_free_at_(config.num_ctas),
+        item_cta_(config.max_work_items),
+        cta_next_item_(config.num_ctas) {
     if (offsets_.size() != 2 + kNumWorkFields + kNumMergeFields) {
       throw py::value_error("PlanScheduler needs " +
                             std::to_string(2 + kNumWorkFields + kNumMergeFields) +
@@ -118,7 +126,10 @@ class PlanScheduler {
     window_left_ = window_left;
     const double total_cost = check_and_sum_cost(qo_indptr, kv_len, batch_size);
     wait_for_previous_copy();
-    const std::array<int, 3> counts = schedule(qo_indptr, kv_len, batch_size, total_cost);
+    std::array<int, 3> counts;
+    if (!deal_whole_tiles(qo_indptr, kv_len, batch_size, total_cost, counts)) {
+      counts = cut_stream(qo_indptr, kv_len, batch_size, total_cost);
+    }
     publish(counts, stream);
     return counts;
   }
@@ -227,8 +238,87 @@ class PlanScheduler {
     return cost_per_kv_head * config_.num_kv_heads;
   }
 
-  std::array<int, 3> schedule(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
-                              int batch_size, double total_cost) {
+  // Calls visit(request, kv_head, tile, geometry) for every tile in KV-locality order: by
+  // request, then KV head (the tiles of one (request, KV head) read the same pages), then
+  // query tile from the last one (the longest under causal masking, so that the list schedule
+  // below places long tiles first and the short ones fill the gaps).
+  template <typename Visit>
+  void for_each_tile_in_locality_order(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                                       int batch_size, Visit&& visit) const {
+    for (int b = 0; b < batch_size; ++b) {
+      const RequestShape r = request_shape(qo_indptr, kv_len, b);
+      const int tiles = num_tiles(r);
+      for (int h = 0; h < config_.num_kv_heads; ++h) {
+        for (int t = tiles - 1; t >= 0; --t) visit(b, h, tile_geometry(r, t));
+      }
+    }
+  }
+
+  // The list schedule (paper section 3.3's balanced scheduling without splits): each tile, in
+  // locality order, goes whole to the CTA whose estimated load is smallest, i.e. the one the
+  // kernel frees first, so CTAs run the tiles in about the order of the list. Concurrent CTAs
+  // therefore work on neighbouring tiles that share KV pages: at causal 1 x 16384 the 132
+  // CTAs of the stream cut each walk their own stretch of all 8 KV heads (64 MB of KV, more
+  // than the L2), whereas here they share one head's 8 MB. Returns false, having written no
+  // item, when some CTA would exceed the mean cost by more than overfill_fraction (few or
+  // long tiles); the stream cut, which splits tiles, is used then.
+  bool deal_whole_tiles(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                        int batch_size, double total_cost, std::array<int, 3>& counts) {
+    const int num_ctas = config_.num_ctas;
+    const double load_limit = (1.0 + config_.overfill_fraction) * total_cost / num_ctas;
+    // Min-heap of (estimated load, CTA): ties go to the lower CTA index.
+    for (int c = 0; c < num_ctas; ++c) cta_free_at_[c] = {0.0, c};
+    std::int32_t* cta_work_indptr = section(1);
+    std::fill(cta_work_indptr, cta_work_indptr + num_ctas + 1, 0);
+    const auto later = std::greater<std::pair<double, int>>();
+    int num_items = 0;
+    bool within_limit = true;
+    for_each_tile_in_locality_order(qo_indptr, kv_len, batch_size,
+                                    [&](int, int, const TileGeometry& g) {
+      if (!within_limit) return;
+      std::pop_heap(cta_free_at_.begin(), cta_free_at_.end(), later);
+      auto& [load, cta] = cta_free_at_.back();
+      load += item_cost(g, g.kv_end - g.kv_begin);
+      within_limit = load <= load_limit;
+      item_cta_[num_items++] = cta;
+      ++cta_work_indptr[cta + 1];
+      std::push_heap(cta_free_at_.begin(), cta_free_at_.end(), later);
+    });
+    if (!within_limit) return false;
+
+    for (int c = 0; c < num_ctas; ++c) {
+      cta_work_indptr[c + 1] += cta_work_indptr[c];
+      cta_next_item_[c] = cta_work_indptr[c];
+    }
+    std::int32_t* work[kNumWorkFields];
+    for (int f = 0; f < kNumWorkFields; ++f) work[f] = work_field(f);
+    int tile_index = 0;
+    for_each_tile_in_locality_order(qo_indptr, kv_len, batch_size,
+                                    [&](int b, int h, const TileGeometry& g) {
+      const int i = cta_next_item_[item_cta_[tile_index++]]++;
+      work[kWorkRequest][i] = b;
+      work[kWorkKvHead][i] = h;
+      work[kWorkQStart][i] = g.q_start;
+      work[kWorkQLen][i] = g.q_len;
+      work[kWorkKvStart][i] = g.kv_begin;
+      work[kWorkKvEnd][i] = g.kv_end;
+      work[kWorkPartialSlot][i] = -1;
+    });
+    write_header(num_items, 0, 0);
+    counts = {num_items, 0, 0};
+    return true;
+  }
+
+  void write_header(int num_items, int num_merges, int num_slots) {
+    std::int32_t* header = section(0);
+    header[0] = num_items;
+    header[1] = num_merges;
+    header[2] = config_.num_ctas;
+    header[3] = num_slots;
+  }
+
+  std::array<int, 3> cut_stream(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
+                                int batch_size, double total_cost) {
     const int num_ctas = config_.num_ctas;
     std::int32_t* work[kNumWorkFields];
     for (int f = 0; f < kNumWorkFields; ++f) work[f] = work_field(f);
@@ -340,11 +430,7 @@ class PlanScheduler {
       }
     }
     for (int c = cta + 1; c <= num_ctas; ++c) cta_work_indptr[c] = num_items;
-    std::int32_t* header = section(0);
-    header[0] = num_items;
-    header[1] = num_merges;
-    header[2] = num_ctas;
-    header[3] = num_slots;
+    write_header(num_items, num_merges, num_slots);
     return {num_items, num_merges, num_slots};
   }
 
@@ -416,6 +502,11 @@ class PlanScheduler {
   bool copy_pending_ = false;
   bool causal_ = true;
   int window_left_ = -1;
+  // Scratch of the list schedule, sized at construction: (load, CTA) heap, each tile's CTA,
+  // each CTA's next free item position.
+  std::vector<std::pair<double, int>> cta_free_at_;
+  std::vector<std::int32_t> item_cta_;
+  std::vector<std::int32_t> cta_next_item_;
 };
 
 using HostIndexArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;

@@ -45,9 +45,24 @@ decode is unaffected (within 2 %). Only ratios of costs matter to the policy bel
 
 Split policy
 ------------
-All tiles form one stream (request, then KV head, then query tile: consecutive items of a
-CTA reuse KV pages). The stream is cut into `num_ctas` consecutive pieces of equal cost, like
-a stream-K decomposition: CTA c takes items until its target is reached: the unassigned
+Two schedules; the plan uses the first when it is balanced enough, else the second.
+
+List schedule (whole tiles). The tiles are listed in KV-locality order (request, then KV
+head, then query tile from the last, i.e. the longest under causal masking) and each goes,
+whole, to the CTA with the smallest estimated load so far: the CTA the kernel frees first,
+so CTAs run the tiles in about the order of the list and concurrent CTAs share KV pages in
+L2. It is used when no CTA exceeds the mean cost by more than `overfill_fraction`. Why: the
+stream cut below gives CTA c a consecutive stretch of the list, so at any moment the 132
+CTAs read 132 far-apart stretches: at causal 1 x 16384 (8 KV heads, 64 MB of KV, more than
+the L2) Nsight Compute measured an L2 hit rate of 56 % and 5.6 GB read from DRAM on the
+Hopper kernels; with the list schedule, 97 % and 0.2 GB, and the kernel ran 1.13x faster
+(1 x 4096: 1.29x). Splitting is then never needed, so such plans have no merges.
+
+Stream cut (splits). When the list schedule would leave a CTA too heavy (few or long
+tiles: small decode batches, one long request), all tiles form one stream (request, then
+KV head, then query tile: consecutive items of a CTA reuse KV pages) and the stream is cut
+into `num_ctas` consecutive pieces of equal cost, like a stream-K decomposition: CTA c takes
+items until its target is reached: the unassigned
 cost over the CTAs still to fill (plus the overhead the remaining splits will add), but never
 less than the first CTA's target, so that CTAs left light by earlier whole tiles stay light
 instead of splitting tiles that would not lower the busiest CTA's cost. When the
@@ -65,10 +80,8 @@ tiny pieces for all of them and merging those.
 Consequences: when every CTA's share is at least a minimum chunk, every CTA's cost is within a
 few percent of the mean by construction; otherwise no CTA holds more than about two minimum
 chunks of one tile. Splits happen only at CTA boundaries (at most num_ctas - 1 splits, hence
-the capacities in `PlanCapacity.for_engine` do not depend on KV lengths), and the plan costs
-two passes over the tiles, with no sort and no heap. A longest-processing-time greedy over pre-cut chunks
-needs a chunk size chosen in advance and still leaves the last chunk's granularity as
-imbalance; the stream cut needs neither.
+the capacities in `PlanCapacity.for_engine` do not depend on KV lengths). A plan costs at most
+three passes over the tiles (the list schedule's heap holds one entry per CTA).
 
 Partial states: a split tile's pieces are consecutive items and own consecutive partial
 slots; one merge item per split tile names them. An unsplit tile writes the final output.
