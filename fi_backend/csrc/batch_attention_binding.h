@@ -96,8 +96,14 @@ void def_batch_attention(pybind11::module_& m, const char* name, Launcher launch
         p.page_size = page_size;
         p.qo_indptr = reinterpret_cast<const std::int32_t*>(qo_indptr);
         p.seq_lens = reinterpret_cast<const std::int32_t*>(seq_lens);
+        if (num_kv_heads < 1 || num_qo_heads % num_kv_heads != 0) {
+          throw std::invalid_argument(
+              "batch_attention: num_qo_heads " + std::to_string(num_qo_heads) +
+              " must be a positive multiple of num_kv_heads " + std::to_string(num_kv_heads));
+        }
         p.num_qo_heads = num_qo_heads;
         p.num_kv_heads = num_kv_heads;
+        p.group_size = fi_kernels::FastDivmod(static_cast<std::uint32_t>(num_qo_heads / num_kv_heads));
         p.partial_o = reinterpret_cast<float*>(partial_o);
         p.partial_lse = reinterpret_cast<float*>(partial_lse);
         p.plan = plan_view_from_offsets(plan, plan_offsets);

@@ -162,11 +162,7 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
       const int chunk = idx % Tile::kChunksPerRow;
       const int item_row = row0 + row;
       const bool valid = item_row < item.rows;
-      const std::int64_t token = item.q_token0 + (valid ? item.row_token(item_row) : 0);
-      const T* src = q + token * p.q_stride_token +
-                     static_cast<std::int64_t>(valid ? item.row_head(item_row) : 0) *
-                         p.q_stride_head +
-                     chunk * 8;
+      const T* src = q + item.row_offset(item_row, p.q_stride_token, p.q_stride_head) + chunk * 8;
       mma::cp_async_16(mma::smem_addr(smem.q + Tile::offset(row, chunk)), src, valid);
     }
   }
@@ -526,13 +522,12 @@ __global__ void __launch_bounds__(kMergeThreads)
   constexpr int kCols = 4;
   const PlanView& plan = p.plan;
   const int num_merge_items = plan.header[kPlanHeaderNumMergeItems];
-  const int group = p.num_qo_heads / p.num_kv_heads;
   for (int mi = blockIdx.x; mi < num_merge_items; mi += gridDim.x) {
     const int request = plan.merge_request[mi];
     WorkItem item;
     item.kv_head = plan.merge_kv_head[mi];
-    item.group = group;
-    item.rows = plan.merge_q_len[mi] * group;
+    item.group = p.group_size;
+    item.rows = plan.merge_q_len[mi] * static_cast<int>(p.group_size.divisor);
     item.q_token0 = p.qo_indptr[request] + plan.merge_q_start[mi];
     item.partial_slot = -1;  // final output
     const int slot0 = plan.merge_slot_start[mi];

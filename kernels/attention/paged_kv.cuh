@@ -9,31 +9,9 @@
 #include <cstdint>
 
 #include "attention/mma.cuh"
+#include "common/fast_divmod.cuh"
 
 namespace fi_kernels {
-
-// n / d and n % d for a run-time divisor d >= 1 and 0 <= n < 2^31, by one multiply-high:
-// with l = ceil(log2 d) and m = floor(2^32 (2^l - d) / d) + 1, n / d = (umulhi(n, m) + n) >> l
-// (Granlund & Montgomery 1994, section 4).
-struct FastDivmod {
-  std::uint32_t divisor;
-  std::uint32_t multiplier;
-  std::uint32_t shift;
-
-  __host__ __device__ explicit FastDivmod(std::uint32_t d = 1) : divisor(d) {
-    shift = 0;
-    while ((1u << shift) < d) ++shift;
-    const std::uint64_t two_pow_l = std::uint64_t{1} << shift;
-    multiplier = static_cast<std::uint32_t>(((two_pow_l - d) << 32) / d + 1);
-  }
-
-  __device__ __forceinline__ void divmod(int n, int& quotient, int& remainder) const {
-    const std::uint32_t hi = __umulhi(static_cast<std::uint32_t>(n), multiplier);
-    quotient = static_cast<int>((static_cast<std::uint64_t>(hi) + static_cast<std::uint32_t>(n)) >>
-                                shift);
-    remainder = n - quotient * static_cast<int>(divisor);
-  }
-};
 
 template <typename T, int HEAD_DIM, int NUM_THREADS>
 struct PagedKvLoader {

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "common/fast_divmod.cuh"
+
 namespace fi_kernels {
 
 // Built-in attention variant (fi_backend/variants.py); every flag is a run-time value, so
@@ -67,6 +69,7 @@ struct BatchAttentionParams {
   const std::int32_t* seq_lens;
   int num_qo_heads;
   int num_kv_heads;
+  FastDivmod group_size;  // num_qo_heads / num_kv_heads: a row of a work item is (token, head)
   // Split-KV partial states: partial_o float32 [slots, kMaxTileRows, head_dim],
   // partial_lse float32 [slots, kMaxTileRows] (natural log, no sink).
   float* partial_o;

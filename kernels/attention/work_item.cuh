@@ -15,7 +15,7 @@ namespace fi_kernels {
 // Where a work item reads and writes, with every length clamped by the exact device lengths.
 struct WorkItem {
   int kv_head;
-  int group;         // query heads per KV head
+  FastDivmod group;  // query heads per KV head (rows are token-major: row = token * group + h)
   int rows;          // query tokens x group
   int q_token0;      // global token index (row of q / o) of the tile's first query
   int q_pos_first;   // absolute positions of the tile's first and last query
@@ -24,8 +24,31 @@ struct WorkItem {
   int partial_slot;
   int page_begin;    // offset of the request's pages in kv_indices
 
-  __device__ __forceinline__ int row_token(int row) const { return row / group; }
-  __device__ __forceinline__ int row_head(int row) const { return kv_head * group + row % group; }
+  // The query token (relative to q_token0) and the query head of a row.
+  __device__ __forceinline__ void row_position(int row, int& token, int& head) const {
+    int head_in_group;
+    group.divmod(row, token, head_in_group);
+    head = kv_head * static_cast<int>(group.divisor) + head_in_group;
+  }
+  __device__ __forceinline__ int row_token(int row) const {
+    int token, head;
+    row_position(row, token, head);
+    return token;
+  }
+  __device__ __forceinline__ int row_head(int row) const {
+    int token, head;
+    row_position(row, token, head);
+    return head;
+  }
+  // Element offset of a row's vector in a (tokens, heads, head_dim) tensor such as q; rows
+  // past `rows` get row 0's, so that their (zero-filled) copies keep an in-bounds address.
+  __device__ __forceinline__ std::int64_t row_offset(int row, std::int64_t stride_token,
+                                                     std::int64_t stride_head) const {
+    int token = 0;
+    int head = kv_head * static_cast<int>(group.divisor);
+    if (row < rows) row_position(row, token, head);
+    return (q_token0 + token) * stride_token + head * stride_head;
+  }
 };
 
 __device__ __forceinline__ WorkItem load_work_item(const BatchAttentionParams& p,
@@ -34,10 +57,10 @@ __device__ __forceinline__ WorkItem load_work_item(const BatchAttentionParams& p
   WorkItem item;
   const int request = plan.work_request[w];
   item.kv_head = plan.work_kv_head[w];
-  item.group = p.num_qo_heads / p.num_kv_heads;
+  item.group = p.group_size;
   const int q_start = plan.work_q_start[w];
   const int q_len = plan.work_q_len[w];
-  item.rows = q_len * item.group;
+  item.rows = q_len * static_cast<int>(item.group.divisor);
   item.partial_slot = plan.work_partial_slot[w];
   const int qo_begin = p.qo_indptr[request];
   const int q_len_request = p.qo_indptr[request + 1] - qo_begin;
@@ -77,8 +100,9 @@ struct RowWriter {
       lse_dst = p.partial_lse + slot_row;
       return;
     }
-    const int head = item.row_head(row);
-    const std::int64_t token = item.q_token0 + item.row_token(row);
+    int token_in_item, head;
+    item.row_position(row, token_in_item, head);
+    const std::int64_t token = item.q_token0 + token_in_item;
     if (p.variant.sinks != nullptr) {
       // The sink is one more logit in the denominator, with no value (variants.py).
       const float sink = p.variant.sinks[head];

@@ -196,9 +196,7 @@ __device__ __forceinline__ void prefetch_q_rows_to_l2(const BatchAttentionParams
   const char* q = static_cast<const char*>(p.q);
   for (int idx = thread; idx < item.rows * kLinesPerRow; idx += kWarpgroupThreads) {
     const int row = idx / kLinesPerRow;
-    const std::int64_t token = item.q_token0 + item.row_token(row);
-    const std::int64_t head = item.row_head(row);
-    const char* line = q + (token * p.q_stride_token + head * p.q_stride_head) * sizeof(T) +
+    const char* line = q + item.row_offset(row, p.q_stride_token, p.q_stride_head) * sizeof(T) +
                        (idx % kLinesPerRow) * kLineBytes;
     asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
   }
@@ -281,9 +279,11 @@ struct ThreadRows {
     for (int h = 0; h < 2; ++h) {
       const int row = row0 + 8 * h;
       const bool valid = row < item.rows;
-      q_pos[h] = item.q_pos_first + (valid ? item.row_token(row) : 0);
+      int token = 0, head = 0;
+      if (valid) item.row_position(row, token, head);
+      q_pos[h] = item.q_pos_first + token;
       variant.visible_keys(q_pos[h], item.kv_hi, first_key[h], last_key[h]);
-      slope[h] = valid ? variant.alibi_slope(item.row_head(row)) : 0.f;
+      slope[h] = valid ? variant.alibi_slope(head) : 0.f;
       m[h] = kNegInf;
       d[h] = 0.f;
     }
@@ -479,9 +479,7 @@ __device__ __forceinline__ void consume(const BatchAttentionParams& p,
       const int chunk = idx % kChunksPerRow;
       const int item_row = wg * kWarpgroupRows + row;
       const bool valid = item_row < it.rows;
-      const std::int64_t token = it.q_token0 + (valid ? it.row_token(item_row) : 0);
-      const std::int64_t head = valid ? it.row_head(item_row) : 0;
-      const T* src = q + token * p.q_stride_token + head * p.q_stride_head + chunk * 8;
+      const T* src = q + it.row_offset(item_row, p.q_stride_token, p.q_stride_head) + chunk * 8;
       mma::cp_async_16(mma::smem_addr(&q_tile(row, chunk * 8)), src, valid);
     }
     mma::cp_async_commit();
