@@ -128,3 +128,27 @@ def test_run_needs_a_plan():
 def test_out_must_match_q(attention):
     with pytest.raises(ValueError, match="out has dtype float16; supported: bfloat16"):
         run_with(attention, out=torch.empty(3, NUM_QO_HEADS, HEAD_DIM, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("launcher_name", ["batch_attention", "batch_attention_sm90"])
+@pytest.mark.parametrize("num_qo_heads, num_kv_heads", [(32, 3), (8, 0), (8, -2)])
+def test_launcher_refuses_heads_that_are_no_gqa_group(launcher_name, num_qo_heads,
+                                                      num_kv_heads):
+    # The launchers split rows by num_qo_heads / num_kv_heads (a divisor prepared at launch):
+    # called directly with heads that form no group, they refuse before touching a pointer.
+    from fi_backend import _C
+    from fi_backend.metadata.plan_layout import PlanCapacity, PlanLayout
+
+    if not hasattr(_C, launcher_name):
+        pytest.skip(f"{launcher_name} is not built")
+    layout = PlanLayout(PlanCapacity.for_engine(4, 64, 256, 8, 2, 4))
+    with pytest.raises(ValueError, match=f"num_qo_heads {num_qo_heads} must be a positive "
+                                         f"multiple of num_kv_heads {num_kv_heads}"):
+        getattr(_C, launcher_name)(
+            dtype="bfloat16", head_dim=64, q=0, q_strides=[0, 0], o=0, o_strides=[0, 0], lse=0,
+            lse_strides=[0, 0], k=0, k_strides=[0, 0, 0], v=0, v_strides=[0, 0, 0],
+            kv_indptr=0, kv_indices=0, page_size=16, qo_indptr=0, seq_lens=0,
+            num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, partial_o=0, partial_lse=0,
+            plan=0, plan_offsets=layout.offsets, num_ctas=4, num_merge_ctas=1, causal=True,
+            window_left=-1, logits_soft_cap=0.0, sm_scale=1.0, alibi_slopes=0, sinks=0,
+            stream=0)
