@@ -289,6 +289,23 @@ struct ThreadRows {
     }
   }
 
+  // Calls visit(x, h, kv_pos) for every element x of S, a tile's dot products in the wgmma
+  // accumulator layout: element e + 2 h + 4 j is row half h, key tile_lo + 8 j + 2 quad_lane + e.
+  template <int TILE_KV, typename FragS, typename Visit>
+  __device__ __forceinline__ static void for_each_logit(FragS& s, int tile_lo, int quad_lane,
+                                                        Visit&& visit) {
+#pragma unroll
+    for (int j = 0; j < TILE_KV / 8; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          visit(s(e + 2 * h + 4 * j), h, tile_lo + 8 * j + 2 * quad_lane + e);
+        }
+      }
+    }
+  }
+
   // Turns S (dot products of the tile starting at key tile_lo; element e + 2 h + 4 j is row h,
   // key tile_lo + 8 j + 2 quad_lane + e) into unnormalized probabilities 2^(logit - m) in
   // place, updates m and d, and returns in `rescale` the factor for the output accumulated so
@@ -303,34 +320,16 @@ struct ThreadRows {
                                           int quad_lane, float (&rescale)[2]) {
     constexpr int kBlocks = TILE_KV / 8;
     if (transforms) {
-#pragma unroll
-      for (int j = 0; j < kBlocks; ++j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
-            float& x = s(e + 2 * h + 4 * j);
-            x = variant.logit_log2(x, slope[h], kv_pos - q_pos[h]);
-          }
-        }
-      }
+      for_each_logit<TILE_KV>(s, tile_lo, quad_lane, [&](float& x, int h, int kv_pos) {
+        x = variant.logit_log2(x, slope[h], kv_pos - q_pos[h]);
+      });
     }
     // Masks are taken per tile, not per element, so that the common tile (every row sees
     // every key) is straight-line exp2 code.
     if (!whole_tile) {
-#pragma unroll
-      for (int j = 0; j < kBlocks; ++j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int kv_pos = tile_lo + 8 * j + 2 * quad_lane + e;
-            float& x = s(e + 2 * h + 4 * j);
-            x = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : x;
-          }
-        }
-      }
+      for_each_logit<TILE_KV>(s, tile_lo, quad_lane, [&](float& x, int h, int kv_pos) {
+        x = (kv_pos < first_key[h] || kv_pos > last_key[h]) ? kNegInf : x;
+      });
     }
     float row_max[2];
 #pragma unroll
