@@ -254,14 +254,15 @@ class PlanScheduler {
     }
   }
 
-  // The list schedule (paper section 3.3's balanced scheduling without splits): each tile, in
-  // locality order, goes whole to the CTA whose estimated load is smallest, i.e. the one the
-  // kernel frees first, so CTAs run the tiles in about the order of the list. Concurrent CTAs
-  // therefore work on neighbouring tiles that share KV pages: at causal 1 x 16384 the 132
-  // CTAs of the stream cut each walk their own stretch of all 8 KV heads (64 MB of KV, more
-  // than the L2), whereas here they share one head's 8 MB. Returns false, having written no
-  // item, when some CTA would exceed the mean cost by more than overfill_fraction (few or
-  // long tiles); the stream cut, which splits tiles, is used then.
+  // The list schedule (the FlashInfer paper's priority-queue scheduler, without KV splits):
+  // each tile, in locality order, goes whole to the CTA whose estimated load is smallest, i.e.
+  // the one the kernel frees first, so CTAs run the tiles in about the order of the list.
+  // Concurrent CTAs therefore work on neighbouring tiles that share KV pages: at causal
+  // 1 x 16384 the 132 CTAs of the stream cut each walk their own stretch of all 8 KV heads
+  // (64 MB of KV, more than the L2), whereas here they share one head's 8 MB. Returns false,
+  // having written no work item (only CTA counts, which the stream cut rewrites), when some
+  // CTA would exceed the mean cost by more than overfill_fraction (few or long tiles); the
+  // stream cut, which splits tiles, is used then.
   bool deal_whole_tiles(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
                         int batch_size, double total_cost, std::array<int, 3>& counts) {
     const int num_ctas = config_.num_ctas;

@@ -135,7 +135,9 @@ class CostModel:
 
 @dataclass(frozen=True)
 class SplitPolicy:
-    """How the stream of tiles is cut into CTAs (module docstring, "Split policy")."""
+    """How tiles are scheduled on the CTAs (module docstring, "Split policy"). overfill_fraction
+    bounds both how far the list schedule of whole tiles may load a CTA above the mean and how
+    far the stream cut may overfill a CTA's target instead of splitting a tile."""
 
     overfill_fraction: float = 0.05
     min_chunk_tokens: int = 512
