@@ -267,23 +267,21 @@ class PlanScheduler {
                         int batch_size, double total_cost, std::array<int, 3>& counts) {
     const int num_ctas = config_.num_ctas;
     const double load_limit = (1.0 + config_.overfill_fraction) * total_cost / num_ctas;
-    // Min-heap of (estimated load, CTA): ties go to the lower CTA index.
+    // Loads in ascending CTA order form a valid min-heap of (load, CTA).
     for (int c = 0; c < num_ctas; ++c) cta_free_at_[c] = {0.0, c};
     std::int32_t* cta_work_indptr = section(1);
     std::fill(cta_work_indptr, cta_work_indptr + num_ctas + 1, 0);
-    const auto later = std::greater<std::pair<double, int>>();
     int num_items = 0;
     bool within_limit = true;
     for_each_tile_in_locality_order(qo_indptr, kv_len, batch_size,
                                     [&](int, int, const TileGeometry& g) {
       if (!within_limit) return;
-      std::pop_heap(cta_free_at_.begin(), cta_free_at_.end(), later);
-      auto& [load, cta] = cta_free_at_.back();
-      load += item_cost(g, g.kv_end - g.kv_begin);
-      within_limit = load <= load_limit;
+      const int cta = cta_free_at_[0].second;
+      const double cost = item_cost(g, g.kv_end - g.kv_begin);
+      within_limit = cta_free_at_[0].first + cost <= load_limit;
       item_cta_[num_items++] = cta;
       ++cta_work_indptr[cta + 1];
-      std::push_heap(cta_free_at_.begin(), cta_free_at_.end(), later);
+      add_to_least_loaded(cost);
     });
     if (!within_limit) return false;
 
@@ -308,6 +306,23 @@ class PlanScheduler {
     write_header(num_items, 0, 0);
     counts = {num_items, 0, 0};
     return true;
+  }
+
+  // cta_free_at_ is a binary min-heap of (estimated load, CTA), the least loaded CTA at the
+  // root (ties: the lower CTA index). Adds `cost` to the root and sifts it down: one pass over
+  // log2(num_ctas) levels, where a pop and a push would take two.
+  void add_to_least_loaded(double cost) {
+    auto& heap = cta_free_at_;
+    const int size = static_cast<int>(heap.size());
+    const std::pair<double, int> moved{heap[0].first + cost, heap[0].second};
+    int at = 0;
+    for (int child = 1; child < size; child = 2 * at + 1) {
+      if (child + 1 < size && heap[child + 1] < heap[child]) ++child;
+      if (!(heap[child] < moved)) break;
+      heap[at] = heap[child];
+      at = child;
+    }
+    heap[at] = moved;
   }
 
   void write_header(int num_items, int num_merges, int num_slots) {
