@@ -3,7 +3,8 @@ importable, FlashInfer and vLLM's FlashAttention-3 on the same inputs in the sam
 
 Shapes: bf16, 32 query / 8 KV heads, head_dim 128, page size 16, shuffled page order, K and
 V as two `(pages, 16, 8, 128)` tensors. Decode: batch {1, 16, 64, 256} x KV {512, 2048, 8192,
-32768} and the skewed batch 1 x 32768 + 63 x 512. Causal prefill (query length = KV length):
+32768}, the skewed batch 1 x 32768 + 63 x 512 and fi-bench's shared-prefix batch (64 requests
+whose first 8192 of 8448 keys are the same pages). Causal prefill (query length = KV length):
 (batch, len) in {(1, 4096), (1, 16384), (8, 2048), (32, 512)}.
 
 Method (../shared/ANCHORS.md uses the same): each implementation is planned outside the
@@ -44,6 +45,9 @@ DTYPE = torch.bfloat16
 DECODE_BATCHES = (1, 16, 64, 256)
 DECODE_KV_LENS = (512, 2048, 8192, 32768)
 PREFILL_CELLS = ((1, 4096), (1, 16384), (8, 2048), (32, 512))
+# KV bytes of this case count every request's read of the shared prefix (mostly L2 hits), so
+# its fraction of the copy bandwidth may exceed 1.
+SHARED_PREFIX_CASE = "shared prefix 64 x (8192 + 256)"
 FLUSH_BYTES = 256 << 20
 
 
@@ -104,9 +108,28 @@ def matmul_tflops(timer: Timer) -> float:
 # Inputs
 
 
+def assign_pages(kv_lens, page_order: np.ndarray, shared_prefix_tokens: int = 0):
+    """Each request's page ids, in order, drawn from `page_order` (a shuffled pool): the first
+    `shared_prefix_tokens // PAGE_SIZE` pages are the same pages for every request (a
+    prefix-cached system prompt, read in place by every request), the rest are its own.
+    Returns the per-request int32 page arrays and the number of distinct pages used."""
+    if shared_prefix_tokens % PAGE_SIZE or any(kv < shared_prefix_tokens for kv in kv_lens):
+        raise ValueError(f"shared_prefix_tokens {shared_prefix_tokens} must be a multiple of "
+                         f"the page size {PAGE_SIZE} and at most every KV length")
+    prefix_pages = shared_prefix_tokens // PAGE_SIZE
+    prefix = page_order[:prefix_pages]
+    used = prefix_pages
+    pages = []
+    for kv in kv_lens:
+        own = -(-int(kv) // PAGE_SIZE) - prefix_pages
+        pages.append(np.concatenate([prefix, page_order[used:used + own]]).astype(np.int32))
+        used += own
+    return pages, used
+
+
 class PagePool:
     """K and V caches `(pages, 16, 8, 128)` with random contents; each batch takes a random
-    (shuffled) subset of pages."""
+    (shuffled) subset of pages, optionally with a prefix of pages shared by every request."""
 
     def __init__(self, num_pages: int) -> None:
         shape = (num_pages, PAGE_SIZE, NUM_KV_HEADS, HEAD_DIM)
@@ -114,28 +137,28 @@ class PagePool:
         self.v = torch.randn(shape, device="cuda", dtype=DTYPE)
         self.num_pages = num_pages
 
-    def batch(self, q_lens, kv_lens, seed):
+    def batch(self, q_lens, kv_lens, seed, shared_prefix_tokens: int = 0):
         gen = torch.Generator(device="cuda").manual_seed(seed)
         kv_lens = np.asarray(kv_lens, dtype=np.int32)
         q_lens = np.asarray(q_lens, dtype=np.int32)
-        pages_per_req = -(-kv_lens // PAGE_SIZE)
-        num_pages = int(pages_per_req.sum())
-        indices = torch.randperm(self.num_pages, generator=gen, device="cuda")[:num_pages]
+        page_order = torch.randperm(self.num_pages, generator=gen, device="cuda").cpu().numpy()
+        pages, _ = assign_pages(kv_lens, page_order, shared_prefix_tokens)
+        pages_per_req = np.array([len(p) for p in pages])
         indptr = np.concatenate([[0], np.cumsum(pages_per_req)]).astype(np.int32)
         last_page_len = (kv_lens - (pages_per_req - 1) * PAGE_SIZE).astype(np.int32)
         qo_indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-        block_table = torch.zeros(len(kv_lens), int(pages_per_req.max()), dtype=torch.int32,
-                                  device="cuda")
-        for b in range(len(kv_lens)):
-            block_table[b, :pages_per_req[b]] = indices[indptr[b]:indptr[b + 1]]
+        block_table = np.zeros((len(kv_lens), int(pages_per_req.max())), dtype=np.int32)
+        for b, request_pages in enumerate(pages):
+            block_table[b, :len(request_pages)] = request_pages
         return dict(
             q=torch.randn(int(qo_indptr[-1]), NUM_QO_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE),
             kv=BlockSparseKV(indptr=torch.from_numpy(indptr).cuda(),
-                             indices=indices.to(torch.int32).contiguous(),
+                             indices=torch.from_numpy(np.concatenate(pages)).cuda(),
                              last_page_len=torch.from_numpy(last_page_len).cuda(),
                              page_size=PAGE_SIZE),
             seq_lens=torch.from_numpy(kv_lens).cuda(), qo_indptr=torch.from_numpy(qo_indptr).cuda(),
-            qo_indptr_host=qo_indptr, kv_lens_host=kv_lens, block_table=block_table,
+            qo_indptr_host=qo_indptr, kv_lens_host=kv_lens,
+            block_table=torch.from_numpy(block_table).cuda(),
             max_q=int(q_lens.max()), max_kv=int(kv_lens.max()))
 
 
@@ -263,18 +286,21 @@ def main() -> None:
     workspace = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     kv_token_bytes = 2 * NUM_KV_HEADS * HEAD_DIM * DTYPE.itemsize
 
-    cases = [("decode", f"{b} x {kv}", [1] * b, [kv] * b) for b, kv in decode_cells]
-    cases.append(("decode", "skewed 1 x 32768 + 63 x 512", [1] * 64, [32768] + [512] * 63))
-    cases += [("prefill", f"{b} x {n}", [n] * b, [n] * b) for b, n in prefill_cells]
+    # (kind, name, q_lens, kv_lens, tokens of KV prefix shared by every request)
+    cases = [("decode", f"{b} x {kv}", [1] * b, [kv] * b, 0) for b, kv in decode_cells]
+    cases.append(("decode", "skewed 1 x 32768 + 63 x 512", [1] * 64, [32768] + [512] * 63, 0))
+    # fi-bench's shared-prefix workload: 64 requests, 8192 shared + 256 own tokens each.
+    cases.append(("decode", SHARED_PREFIX_CASE, [1] * 64, [8448] * 64, 8192))
+    cases += [("prefill", f"{b} x {n}", [n] * b, [n] * b, 0) for b, n in prefill_cells]
 
     if args.cases:
         wanted = args.cases.split(",")
         cases = [c for c in cases if any(w in f"{c[0]} {c[1]}" for w in wanted)]
-    max_pages = max(sum(-(-kv // PAGE_SIZE) for kv in kv_lens) for *_, kv_lens in cases)
+    max_pages = max(sum(-(-kv // PAGE_SIZE) for kv in kv_lens) for *_, kv_lens, _ in cases)
     pool = PagePool(max_pages + 64)
     results = []
-    for seed, (kind, name, q_lens, kv_lens) in enumerate(cases):
-        batch = pool.batch(q_lens, kv_lens, seed)
+    for seed, (kind, name, q_lens, kv_lens, shared_prefix_tokens) in enumerate(cases):
+        batch = pool.batch(q_lens, kv_lens, seed, shared_prefix_tokens)
         decode = kind == "decode"
         replays = max(5, min(args.replays, int(2e5 / max(sum(kv_lens) / 64, 1))))
         row = {"kind": kind, "case": name, "us": {}}

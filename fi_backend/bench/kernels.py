@@ -23,7 +23,7 @@ IMPL_TO_BACKEND = {"fi_backend": OURS, "fa3": "FLASH_ATTN", "flashinfer": "FLASH
 # bench_kernels.py's "<Name> not available" lines, by implementation.
 _UNAVAILABLE_NAMES = {"flashinfer": "flashinfer", "flashattention-3": "fa3", "triton": "triton"}
 _EXPECTED_IMPLS = ("fi_backend", "fa3", "flashinfer")
-_NUM_CASES_FULL = 16 + 1 + 4  # decode grid, skewed batch, prefill cells
+_NUM_CASES_FULL = 16 + 2 + 4  # decode grid, skewed and shared-prefix batches, prefill cells
 
 
 def bench_command(out_json: Path, quick: bool, replays: int | None, no_compare: bool,
