@@ -103,7 +103,8 @@ void def_batch_attention(pybind11::module_& m, const char* name, Launcher launch
         }
         p.num_qo_heads = num_qo_heads;
         p.num_kv_heads = num_kv_heads;
-        p.group_size = fi_kernels::FastDivmod(static_cast<std::uint32_t>(num_qo_heads / num_kv_heads));
+        p.group_size =
+            fi_kernels::FastDivmod(static_cast<std::uint32_t>(num_qo_heads / num_kv_heads));
         p.partial_o = reinterpret_cast<float*>(partial_o);
         p.partial_lse = reinterpret_cast<float*>(partial_lse);
         p.plan = plan_view_from_offsets(plan, plan_offsets);

@@ -24,7 +24,6 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -238,7 +237,7 @@ class PlanScheduler {
     return cost_per_kv_head * config_.num_kv_heads;
   }
 
-  // Calls visit(request, kv_head, tile, geometry) for every tile in KV-locality order: by
+  // Calls visit(request, kv_head, geometry) for every tile in KV-locality order: by
   // request, then KV head (the tiles of one (request, KV head) read the same pages), then
   // query tile from the last one (the longest under causal masking, so that the list schedule
   // below places long tiles first and the short ones fill the gaps).
