@@ -112,7 +112,7 @@ def assign_pages(kv_lens, page_order: np.ndarray, shared_prefix_tokens: int = 0)
     """Each request's page ids, in order, drawn from `page_order` (a shuffled pool): the first
     `shared_prefix_tokens // PAGE_SIZE` pages are the same pages for every request (a
     prefix-cached system prompt, read in place by every request), the rest are its own.
-    Returns the per-request int32 page arrays and the number of distinct pages used."""
+    Returns the per-request int32 page arrays."""
     if shared_prefix_tokens % PAGE_SIZE or any(kv < shared_prefix_tokens for kv in kv_lens):
         raise ValueError(f"shared_prefix_tokens {shared_prefix_tokens} must be a multiple of "
                          f"the page size {PAGE_SIZE} and at most every KV length")
@@ -124,7 +124,7 @@ def assign_pages(kv_lens, page_order: np.ndarray, shared_prefix_tokens: int = 0)
         own = -(-int(kv) // PAGE_SIZE) - prefix_pages
         pages.append(np.concatenate([prefix, page_order[used:used + own]]).astype(np.int32))
         used += own
-    return pages, used
+    return pages
 
 
 class PagePool:
@@ -142,7 +142,7 @@ class PagePool:
         kv_lens = np.asarray(kv_lens, dtype=np.int32)
         q_lens = np.asarray(q_lens, dtype=np.int32)
         page_order = torch.randperm(self.num_pages, generator=gen, device="cuda").cpu().numpy()
-        pages, _ = assign_pages(kv_lens, page_order, shared_prefix_tokens)
+        pages = assign_pages(kv_lens, page_order, shared_prefix_tokens)
         pages_per_req = np.array([len(p) for p in pages])
         indptr = np.concatenate([[0], np.cumsum(pages_per_req)]).astype(np.int32)
         last_page_len = (kv_lens - (pages_per_req - 1) * PAGE_SIZE).astype(np.int32)
