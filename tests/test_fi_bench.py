@@ -41,12 +41,13 @@ def test_e2e_defaults_cover_every_workload_and_backend():
 def test_e2e_options_are_parsed_into_values():
     args = parse("e2e", "--backends", "ours,flash_attn", "--workloads", "long,shared-prefix",
                  "--repeats", "3", "--serve", "--rates", "1,4.5,inf", "--num-prompts", "40",
-                 "--gpu-memory-utilization", "0.7", "--eager", "--out", "/tmp/x")
+                 "--gpu-memory-utilization", "0.7", "--eager", "--cascade", "--out", "/tmp/x")
     assert args.backends == [OURS, "FLASH_ATTN"]
     assert [w.name for w in args.workloads] == ["long", "shared-prefix"]
     assert args.rates == [1.0, 4.5, None]
     assert (args.repeats, args.num_prompts, args.gpu_memory_utilization) == (3, 40, 0.7)
-    assert args.eager and args.serve and args.out == Path("/tmp/x")
+    assert args.eager and args.cascade and args.serve and args.out == Path("/tmp/x")
+    assert not parse("e2e").cascade
 
 
 def test_kernels_family_option():
@@ -319,6 +320,10 @@ def test_server_command_is_accepted_by_vllm_serve(tmp_path, monkeypatch):
     assert args.attention_backend == "FLASH_ATTN" and args.load_format == "dummy"
     assert args.max_model_len == 32768 + 128 and args.port == 18731
     assert args.hf_overrides == {"max_position_embeddings": 32768 + 128}
+    assert args.disable_cascade_attn is not False  # vLLM's default: cascade off
+    command = serve.server_command(tmp_path, "m", "FLASH_ATTN", [WORKLOADS["long"]],
+                                   {**SERVE_SETTINGS, "cascade_attention": True})
+    assert parser.parse_args(command[command.index("serve") + 2:]).disable_cascade_attn is False
 
 
 @pytest.mark.parametrize("vocab_size, digits", [(1000, 2), (128256, 3), (256000, 4)])

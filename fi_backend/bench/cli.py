@@ -122,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--eager", action="store_true",
                      help="vLLM enforce_eager: no torch.compile and no CUDA graphs (default: "
                           "both on, as vLLM serves)")
+    e2e.add_argument("--cascade", action="store_true",
+                     help="turn on vLLM's cascade attention (disable_cascade_attn=False) for "
+                          "every backend: in a step where all requests share their first pages, "
+                          "vLLM asks the backend whether to attend to the shared prefix once for "
+                          "the whole batch and to each request's own tokens separately, then "
+                          "merge. Ours and FLASH_ATTN accept when it pays off; FLASHINFER and "
+                          "TRITON_ATTN decline in vLLM 0.26. Such steps run without full CUDA "
+                          "graphs (piecewise only). Default: off, as in vLLM")
     e2e.add_argument("--seed", type=int, default=0,
                      help="seed of the random prompt token ids (default: %(default)s)")
     e2e.add_argument("--timeout-s", type=_checked(_positive_int), default=1800,
@@ -206,7 +214,7 @@ def _run_e2e(args) -> int:
         "dtype": args.dtype, "repeats": args.repeats,
         "warmup_output_len": args.warmup_output_len,
         "gpu_memory_utilization": args.gpu_memory_utilization, "enforce_eager": args.eager,
-        "seed": args.seed, "timeout_s": args.timeout_s,
+        "cascade_attention": args.cascade, "seed": args.seed, "timeout_s": args.timeout_s,
     }
     if args.serve:
         settings.update(rates=args.rates, num_prompts=args.num_prompts, port=args.port)

@@ -133,6 +133,7 @@ def _worker_main(spec_path: Path, result_path: Path) -> None:
               max_model_len=max(w.max_seq_len for w in workloads),
               gpu_memory_utilization=spec["gpu_memory_utilization"],
               enforce_eager=spec["enforce_eager"], hf_overrides=spec["hf_overrides"],
+              disable_cascade_attn=not spec.get("cascade_attention", False),
               disable_log_stats=False, seed=0)
     result["engine_init_s"] = time.perf_counter() - init_start_s
     try:

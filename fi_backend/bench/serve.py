@@ -99,6 +99,8 @@ def server_command(served_dir: Path, model_name: str, backend: str, workloads: l
         command += ["--hf-overrides", json.dumps(hf_overrides)]
     if settings["enforce_eager"]:
         command.append("--enforce-eager")
+    if settings.get("cascade_attention", False):
+        command.append("--no-disable-cascade-attn")
     return command
 
 
