@@ -14,7 +14,7 @@ import pytest
 
 from fi_backend.bench import cli, report, serve
 from fi_backend.bench.e2e import token_timing_summary
-from fi_backend.bench.host import BACKENDS, OURS, git_commit
+from fi_backend.bench.host import BACKENDS, OURS, engine_env, git_commit
 from fi_backend.bench.progress import ProgressBar
 from fi_backend.bench.workloads import WORKLOADS, Workload, shipped_models
 
@@ -454,3 +454,12 @@ def test_git_commit_declared_in_the_environment_wins_and_says_so(tmp_path, monke
     assert git_commit(tmp_path / "not-a-repo") == "7e6a144 (FI_BENCH_COMMIT)"
     monkeypatch.setenv("FI_BENCH_COMMIT", " ")
     assert git_commit(tmp_path / "not-a-repo") is None
+
+
+def test_cascade_runs_engines_on_vllms_v1_runner(monkeypatch):
+    # vLLM 0.26 cascades only on its V1 model runner; --cascade must select it for every
+    # backend's engine, and leave vLLM's own choice alone otherwise.
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    assert engine_env({"cascade_attention": True})["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in engine_env({"cascade_attention": False})
+    assert engine_env({})["HF_HUB_OFFLINE"] == "1"

@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the whole batch and to each request's own tokens separately, then "
                           "merge. Ours and FLASH_ATTN accept when it pays off; FLASHINFER and "
                           "TRITON_ATTN decline in vLLM 0.26. Such steps run without full CUDA "
-                          "graphs (piecewise only). Default: off, as in vLLM")
+                          "graphs (piecewise only). Also selects vLLM's V1 model runner "
+                          "(VLLM_USE_V2_MODEL_RUNNER=0), the only one that cascades. Default: "
+                          "off, as in vLLM")
     e2e.add_argument("--seed", type=int, default=0,
                      help="seed of the random prompt token ids (default: %(default)s)")
     e2e.add_argument("--timeout-s", type=_checked(_positive_int), default=1800,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .host import backend_unavailable_reason
+from .host import backend_unavailable_reason, engine_env
 from .progress import ProgressBar
 from .workloads import Workload, hf_overrides_for, model_vocab_size
 
@@ -249,7 +249,7 @@ def run_backend(model_name: str, model_dir: Path, backend: str, workloads: list[
     spec_path.write_text(json.dumps({**settings, "model_dir": str(model_dir), "backend": backend,
                                      "workloads": [w.__dict__ for w in workloads],
                                      "hf_overrides": hf_overrides}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = engine_env(settings)
     command = [sys.executable, "-m", "fi_backend.bench.e2e", "--worker", str(spec_path),
                str(result_path)]
     bar.note(f"{model_name}/{backend}: starting engine")

@@ -106,6 +106,16 @@ def git_commit(repo: Path | None = None) -> str | None:
     return f"{commit}-dirty" if changes else commit
 
 
+def engine_env(settings: dict) -> dict:
+    """Environment of a vLLM engine or server process: offline, and, for --cascade, vLLM's V1
+    model runner, the only one that uses cascade attention in vLLM 0.26 (the V2 runner, its
+    default for dense models where Triton is installed, never does)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if settings.get("cascade_attention", False):
+        env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    return env
+
+
 def host_info() -> dict:
     return {
         "gpu": cuda_device_name(),

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .host import backend_unavailable_reason
+from .host import backend_unavailable_reason, engine_env
 from .progress import ProgressBar
 from .workloads import Workload, hf_overrides_for, model_vocab_size
 
@@ -193,7 +193,7 @@ def run_backend(model_name: str, model_dir: Path, backend: str, workloads: list[
     logs_dir = out_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     server_log_path = logs_dir / f"serve.{model_name}.{backend}.server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = engine_env(settings)
     bar.note(f"{model_name}/{backend}: starting vllm serve")
     start_s = time.monotonic()
     with open(server_log_path, "w") as server_log:
