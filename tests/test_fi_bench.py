@@ -461,5 +461,6 @@ def test_cascade_runs_engines_on_vllms_v1_runner(monkeypatch):
     # backend's engine, and leave vLLM's own choice alone otherwise.
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     assert engine_env({"cascade_attention": True})["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert engine_env({"cascade_attention": True})["FI_BACKEND_CASCADE"] == "1"
     assert "VLLM_USE_V2_MODEL_RUNNER" not in engine_env({"cascade_attention": False})
     assert engine_env({})["HF_HUB_OFFLINE"] == "1"

@@ -60,7 +60,7 @@ from fi_backend.metadata.executor import execute_plan_reference  # noqa: E402
 from fi_backend.variants import AttentionVariant  # noqa: E402
 from fi_backend.vllm import selection  # noqa: E402
 from fi_backend.vllm.backend import FIBackend  # noqa: E402
-from fi_backend.vllm.builder import FIMetadataBuilder  # noqa: E402
+from fi_backend.vllm.builder import CASCADE_ENV, FIMetadataBuilder  # noqa: E402
 from fi_backend.vllm.impl import FIAttentionImpl  # noqa: E402
 from fi_backend.vllm.plugin import BACKEND_CLASS_PATH, register  # noqa: E402
 
@@ -554,8 +554,10 @@ def _to_cpu(kv):
 @pytest.fixture
 def cascade_config(monkeypatch) -> VllmConfig:
     """A config in which vLLM 0.26 asks for cascade: the V1 runner (the V2 one never does;
-    it is the default for dense models where Triton exists) and cascade opted in."""
+    it is the default for dense models where Triton exists) and cascade opted in, in vLLM
+    and in fi_backend."""
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    monkeypatch.setenv(CASCADE_ENV, "1")
     config = engine_config(disable_cascade_attn=False)
     # vLLM's CPU platform, standing in for the GPU here, turns cascade off; CUDA keeps it.
     config.model_config.disable_cascade_attn = False
@@ -616,6 +618,11 @@ def test_cascade_levels_exist_only_where_vllm_may_ask_for_them(cascade_config, m
                       attn_backend=FIBackend, sinks=torch.zeros(NUM_QO_HEADS))
     assert levels(cascade_config, spec(), names) == (None, False)
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # the V2 runner never cascades
+    assert levels(cascade_config, spec()) == (None, False)
+    # vLLM opted in, fi_backend not (its default): one-level plans only.
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    assert levels(cascade_config, spec())[1] is True
+    monkeypatch.delenv(CASCADE_ENV)
     assert levels(cascade_config, spec()) == (None, False)
 
 
@@ -718,6 +725,7 @@ def test_cascade_with_kv_length_upper_bounds(monkeypatch):
     """Speculative rows whose host KV lengths overshoot (all drafts assumed accepted): the
     suffix level plans from the bounds less the prefix, kernels clamp to the exact lengths."""
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
+    monkeypatch.setenv(CASCADE_ENV, "1")
     config = engine_config(speculative_config={
         "method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3,
         "prompt_lookup_min": 2})

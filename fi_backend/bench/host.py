@@ -109,10 +109,12 @@ def git_commit(repo: Path | None = None) -> str | None:
 def engine_env(settings: dict) -> dict:
     """Environment of a vLLM engine or server process: offline, and, for --cascade, vLLM's V1
     model runner, the only one that uses cascade attention in vLLM 0.26 (the V2 runner, its
-    default for dense models where Triton is installed, never does)."""
+    default for dense models where Triton is installed, never does), and our backend's own
+    cascade switch (fi_backend.vllm.builder.CASCADE_ENV, off by default)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if settings.get("cascade_attention", False):
         env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        env["FI_BACKEND_CASCADE"] = "1"
     return env
 
 
