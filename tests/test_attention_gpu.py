@@ -24,7 +24,7 @@ import torch
 from fi_backend import reference
 from fi_backend.attention import BatchAttention, ctas_per_sm
 from fi_backend.metadata.block_sparse import BlockSparseKV, split_kv_cache
-from fi_backend.metadata.plan_layout import MAX_TILE_ROWS, PlanCapacity, PlanLayout
+from fi_backend.metadata.plan_layout import HEADER_LEN, MAX_TILE_ROWS, PlanCapacity, PlanLayout
 from fi_backend.metadata.planner import Planner
 from fi_backend.variants import AttentionVariant
 
@@ -136,7 +136,9 @@ def hand_plan(layout: PlanLayout, qo_indptr_host, kv_len_host, num_kv_heads, gro
     assert slot <= cap.max_partial_slots
     buffer = np.zeros(layout.num_int32, dtype=np.int32)
     offsets = layout.offsets
-    buffer[offsets["header"]:offsets["header"] + 4] = [len(items), len(merges), cap.num_ctas, slot]
+    max_merge_rows = max((m[3] * group for m in merges), default=0)
+    buffer[offsets["header"]:offsets["header"] + HEADER_LEN] = [
+        len(items), len(merges), cap.num_ctas, slot, max_merge_rows]
     per_cta = np.linspace(0, len(items), cap.num_ctas + 1).astype(np.int32)
     buffer[offsets["cta_work_indptr"]:offsets["cta_work_indptr"] + cap.num_ctas + 1] = per_cta
     names = ("work_request", "work_kv_head", "work_q_start", "work_q_len", "work_kv_start",

@@ -414,3 +414,15 @@ def test_max_item_rows_is_read_when_the_plan_is_made():
     assert decode.max_item_rows == 4
     empty = planner.plan(indptr_of([]), np.array([], np.int32), causal)
     assert empty.max_item_rows == 0
+
+
+def test_header_holds_the_largest_merge_items_rows():
+    # The merge kernel spreads a merge item's rows over CTAs in blocks; it sizes its grid
+    # stride from the header's largest merge item, so every split tile's rows get merged.
+    planner = make_planner()
+    for q_lens, kv_lens, expected in (([1], [32768], 4), ([1] * 3 + [40], [16384] * 4, 128),
+                                      ([256] * 2, [32768] * 2, 0)):
+        plan = planner.plan(indptr_of(q_lens), np.array(kv_lens, np.int32), AttentionVariant())
+        merge_rows = plan.section("merge_q_len") * plan.group_size
+        assert plan.section("header")[4] == (merge_rows.max() if merge_rows.size else 0)
+        assert plan.section("header")[4] == expected

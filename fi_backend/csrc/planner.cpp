@@ -34,7 +34,7 @@ namespace fi_backend {
 namespace {
 
 // Mirrors plan_layout.py: header fields and the order of the per-item sections.
-constexpr int kHeaderLen = 4;
+constexpr int kHeaderLen = 5;
 enum WorkField { kWorkRequest, kWorkKvHead, kWorkQStart, kWorkQLen, kWorkKvStart, kWorkKvEnd,
                  kWorkPartialSlot, kNumWorkFields };
 enum MergeField { kMergeRequest, kMergeKvHead, kMergeQStart, kMergeQLen, kMergeSlotStart,
@@ -302,7 +302,7 @@ class PlanScheduler {
       work[kWorkKvEnd][i] = g.kv_end;
       work[kWorkPartialSlot][i] = -1;
     });
-    write_header(num_items, 0, 0);
+    write_header(num_items, 0, 0, 0);
     counts = {num_items, 0, 0};
     return true;
   }
@@ -324,12 +324,13 @@ class PlanScheduler {
     heap[at] = moved;
   }
 
-  void write_header(int num_items, int num_merges, int num_slots) {
+  void write_header(int num_items, int num_merges, int num_slots, int max_merge_rows) {
     std::int32_t* header = section(0);
     header[0] = num_items;
     header[1] = num_merges;
     header[2] = config_.num_ctas;
     header[3] = num_slots;
+    header[4] = max_merge_rows;
   }
 
   std::array<int, 3> cut_stream(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
@@ -357,7 +358,7 @@ class PlanScheduler {
     };
     mean_target = target_of_current_cta();
     double target = mean_target;
-    int num_items = 0, num_merges = 0, num_slots = 0;
+    int num_items = 0, num_merges = 0, num_slots = 0, max_merge_q_len = 0;
     cta_work_indptr[0] = 0;
     auto close_cta = [&] {
       ++cta;
@@ -395,6 +396,7 @@ class PlanScheduler {
               merge[kMergeQLen][m] = g.q_len;
               merge[kMergeSlotStart][m] = slot_start;
               merge[kMergeNumSlots][m] = pieces;
+              max_merge_q_len = std::max(max_merge_q_len, g.q_len);
             }
           };
           const int min_chunk = config_.min_chunk_tokens;
@@ -445,7 +447,7 @@ class PlanScheduler {
       }
     }
     for (int c = cta + 1; c <= num_ctas; ++c) cta_work_indptr[c] = num_items;
-    write_header(num_items, num_merges, num_slots);
+    write_header(num_items, num_merges, num_slots, max_merge_q_len * config_.group_size);
     return {num_items, num_merges, num_slots};
   }
 

@@ -5,7 +5,9 @@ device copy, filled by one async copy). Its address and size never change for th
 the engine, so a CUDA graph captured once replays correctly for any batch within the
 capacities (DESIGN.md, decision 4). Sections, in order, each a fixed-capacity int32 array:
 
-  header[HEADER_LEN]      num_work_items, num_merge_items, num_ctas, num_partial_slots
+  header[HEADER_LEN]      num_work_items, num_merge_items, num_ctas, num_partial_slots,
+                          max_merge_rows (rows of the largest merge item: the merge kernel
+                          spreads each item's rows over CTAs in blocks of a CTA's pass)
   cta_work_indptr[C+1]    work items of persistent CTA c are [indptr[c], indptr[c+1])
   work_request[W]         request index b (row of qo_indptr / seq_lens)
   work_kv_head[W]         KV head; its query heads kv_head*group .. +group-1 are packed as rows
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-HEADER_LEN = 4
+HEADER_LEN = 5
 MAX_TILE_ROWS = 128
 """Rows (query tokens x GQA group) of one work item; the kernels' largest query tile."""
 

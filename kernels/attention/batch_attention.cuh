@@ -514,15 +514,28 @@ __global__ void __launch_bounds__(kAttentionThreads)
 constexpr int kMergeThreads = 128;
 constexpr int kSlotsInFlight = 8;
 
-// Folds the partial slots of each merge item into the final output. Grid-stride over the
-// plan's merge items, so the grid is fixed while the number of merge items varies.
+// Folds the partial slots of each merge item into the final output. A unit of work is one
+// pass of the CTA (kMergeThreads threads, kCols columns each) over a block of a merge item's
+// rows; the grid strides over (row block, merge item), row block outermost, so that a
+// decode plan's small items (one block each) spread over all CTAs as before, while a split
+// 128-row tile (a long prefill chunk, a cascade prefix) no longer merges in one CTA: its
+// blocks run on many. The grid is fixed while the number of merge items varies.
 template <typename T, int HEAD_DIM>
 __global__ void __launch_bounds__(kMergeThreads)
     merge_partial_states_kernel(const BatchAttentionParams p) {
   constexpr int kCols = 4;
+  constexpr int kThreadsPerRow = HEAD_DIM / kCols;
+  static_assert(kMergeThreads % kThreadsPerRow == 0, "a pass covers whole rows");
+  constexpr int kRowsPerBlock = kMergeThreads / kThreadsPerRow;
   const PlanView& plan = p.plan;
   const int num_merge_items = plan.header[kPlanHeaderNumMergeItems];
-  for (int mi = blockIdx.x; mi < num_merge_items; mi += gridDim.x) {
+  const int row_blocks =
+      (plan.header[kPlanHeaderMaxMergeRows] + kRowsPerBlock - 1) / kRowsPerBlock;
+  const int num_units = num_merge_items * row_blocks;
+  for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x) {
+    const int mi = unit % num_merge_items;
+    const int row = unit / num_merge_items * kRowsPerBlock + threadIdx.x / kThreadsPerRow;
+    const int col = threadIdx.x % kThreadsPerRow * kCols;
     const int request = plan.merge_request[mi];
     WorkItem item;
     item.kv_head = plan.merge_kv_head[mi];
@@ -532,9 +545,7 @@ __global__ void __launch_bounds__(kMergeThreads)
     item.partial_slot = -1;  // final output
     const int slot0 = plan.merge_slot_start[mi];
     const int num_slots = plan.merge_num_slots[mi];
-    for (int idx = threadIdx.x; idx < item.rows * (HEAD_DIM / kCols); idx += kMergeThreads) {
-      const int row = idx / (HEAD_DIM / kCols);
-      const int col = (idx % (HEAD_DIM / kCols)) * kCols;
+    if (row < item.rows) {
       SoftmaxState<kCols> state;
       state.init();
       // kSlotsInFlight independent loads before the (sequential) merges, so that a long

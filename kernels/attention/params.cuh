@@ -22,7 +22,7 @@ struct VariantParams {
 
 // The plan buffer, resolved into its sections (fi_backend/metadata/plan_layout.py).
 struct PlanView {
-  const std::int32_t* header;  // [0] num_work_items, [1] num_merge_items, [2] num_ctas, ...
+  const std::int32_t* header;  // [0] num_work_items, [1] num_merge_items, ... (plan_layout.py)
   const std::int32_t* cta_work_indptr;
   const std::int32_t* work_request;
   const std::int32_t* work_kv_head;
@@ -42,6 +42,7 @@ struct PlanView {
 // Header indices of the plan buffer.
 constexpr int kPlanHeaderNumWorkItems = 0;
 constexpr int kPlanHeaderNumMergeItems = 1;
+constexpr int kPlanHeaderMaxMergeRows = 4;
 
 // Rows (query tokens x GQA group) of one work item: plan_layout.MAX_TILE_ROWS.
 constexpr int kMaxTileRows = 128;
