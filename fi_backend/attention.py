@@ -202,6 +202,9 @@ class BatchAttention:
         self.num_merge_ctas = min(planner.capacity.num_ctas, planner.capacity.max_merge_items)
         self._plan: Plan | None = None
         self._plan_variant: AttentionVariant | None = None
+        # The step inputs (kv, seq_lens, qo_indptr) last checked by run(): every layer of an
+        # engine step passes the same objects, so eager steps check them once, not per layer.
+        self._checked_step_inputs: tuple = ()
 
     def kernel_family(self, dtype: torch.dtype) -> str:
         """The family ("sm80" or "sm90") that runs q of `dtype` on this device."""
@@ -220,7 +223,8 @@ class BatchAttention:
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             kv: BlockSparseKV, seq_lens: torch.Tensor, qo_indptr: torch.Tensor,
             variant: AttentionVariant, *, out: torch.Tensor | None = None,
-            return_lse: bool = False, plan: Plan | None = None
+            return_lse: bool = False, lse_out: torch.Tensor | None = None,
+            plan: Plan | None = None
             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """o `(num_tokens, num_qo_heads, head_dim)` in q.dtype (and the natural-log LSE
         float32 `(num_tokens, num_qo_heads)` with return_lse).
@@ -233,6 +237,8 @@ class BatchAttention:
         kv: the batch's page table (kv.indptr, kv.indices; kv.page_size must match).
         seq_lens: int32 [B] exact KV lengths; qo_indptr: int32 [B+1] exact query offsets.
         variant: causal and window_left must be those the plan was made with.
+        lse_out: optional float32 `(num_tokens, num_qo_heads)` view (any strides) that receives
+           the LSE; implies return_lse.
         plan: the plan to execute; default the one from the last plan() call.
         """
         plan = plan if plan is not None else self._plan
@@ -264,18 +270,11 @@ class BatchAttention:
             check_dtype(name, cache, (q.dtype,))
             check_last_dim_contiguous(name, cache)
             check_vector_aligned(name, cache)
-        if kv.page_size != planner.page_size:
-            raise ValueError(f"kv.page_size {kv.page_size} differs from the planner's page_size "
-                             f"{planner.page_size}")
-        batch_size = seq_lens.shape[0] if isinstance(seq_lens, torch.Tensor) else -1
-        _check_index_tensor("seq_lens", seq_lens, batch_size)
-        _check_index_tensor("qo_indptr", qo_indptr, batch_size + 1)
-        _check_index_tensor("kv.indptr", kv.indptr, batch_size + 1)
-        check_is_tensor("kv.indices", kv.indices)
-        check_dtype("kv.indices", kv.indices, (torch.int32,))
-        if kv.indices.dim() != 1 or kv.indices.stride(0) != 1:
-            raise ValueError(f"kv.indices must be a contiguous 1-d tensor; got shape "
-                             f"{tuple(kv.indices.shape)}, strides {kv.indices.stride()}")
+        step_inputs = (kv, seq_lens, qo_indptr)
+        step_inputs_checked = len(self._checked_step_inputs) == 3 and all(
+            a is b for a, b in zip(step_inputs, self._checked_step_inputs))
+        if not step_inputs_checked:
+            self._check_step_inputs(kv, seq_lens, qo_indptr)
         for name in ("alibi_slopes", "sinks"):
             value = getattr(variant, name)
             if value is not None:
@@ -288,17 +287,25 @@ class BatchAttention:
             if out.data_ptr() % 4 != 0 or any(s % 2 for s in out.stride()[:2]):
                 raise ValueError(f"out needs a 4-byte aligned pointer and even strides; got "
                                  f"strides {out.stride()}")
+        if lse_out is not None:
+            check_is_tensor("lse_out", lse_out)
+            check_shape("lse_out", lse_out, tuple(q.shape[:2]), ("num_tokens", "num_qo_heads"))
+            check_dtype("lse_out", lse_out, (torch.float32,))
         # Devices last, so that the checks above also run (and are tested) on a CPU machine.
-        for name, tensor in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
-                             ("seq_lens", seq_lens), ("qo_indptr", qo_indptr),
-                             ("kv.indptr", kv.indptr), ("kv.indices", kv.indices),
-                             ("variant.alibi_slopes", variant.alibi_slopes),
-                             ("variant.sinks", variant.sinks), ("out", out)):
+        on_device = [("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
+                     ("variant.alibi_slopes", variant.alibi_slopes),
+                     ("variant.sinks", variant.sinks), ("out", out), ("lse_out", lse_out)]
+        if not step_inputs_checked:
+            on_device += [("seq_lens", seq_lens), ("qo_indptr", qo_indptr),
+                          ("kv.indptr", kv.indptr), ("kv.indices", kv.indices)]
+        for name, tensor in on_device:
             if tensor is not None:
                 check_cuda(name, tensor, self.device)
+        self._checked_step_inputs = step_inputs
         o = out if out is not None else torch.empty_like(q)
-        lse = (torch.empty(q.shape[:2], dtype=torch.float32, device=self.device)
-               if return_lse else None)
+        lse = lse_out
+        if lse is None and return_lse:
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=self.device)
 
         decode_plan = self.decode_kernel and plan.max_item_rows <= DECODE_TILE_ROWS
         family = self.kernel_family(q.dtype)
@@ -337,6 +344,23 @@ class BatchAttention:
                 stream=current_raw_stream(self.device),
                 prefill_tiles=kernel != "sm80_decode",
             )
-        return (o, lse) if return_lse else o
+        return (o, lse) if lse is not None else o
+
+    def _check_step_inputs(self, kv: BlockSparseKV, seq_lens: torch.Tensor,
+                           qo_indptr: torch.Tensor) -> None:
+        """The checks of run()'s per-step inputs (the page table and the exact lengths), but
+        their devices, which run() checks last."""
+        if kv.page_size != self.planner.page_size:
+            raise ValueError(f"kv.page_size {kv.page_size} differs from the planner's page_size "
+                             f"{self.planner.page_size}")
+        batch_size = seq_lens.shape[0] if isinstance(seq_lens, torch.Tensor) else -1
+        _check_index_tensor("seq_lens", seq_lens, batch_size)
+        _check_index_tensor("qo_indptr", qo_indptr, batch_size + 1)
+        _check_index_tensor("kv.indptr", kv.indptr, batch_size + 1)
+        check_is_tensor("kv.indices", kv.indices)
+        check_dtype("kv.indices", kv.indices, (torch.int32,))
+        if kv.indices.dim() != 1 or kv.indices.stride(0) != 1:
+            raise ValueError(f"kv.indices must be a contiguous 1-d tensor; got shape "
+                             f"{tuple(kv.indices.shape)}, strides {kv.indices.stride()}")
 
 

@@ -341,3 +341,30 @@ def test_rerun_with_new_plan_reuses_buffers():
                            "vllm_packed", seed=100 + seed)
         plan = attention.plan(batch.qo_indptr_host, batch.kv_lens_host, variant)
         run_and_check(batch, variant, attention, plan, dtype)
+
+
+def test_lse_out_receives_the_lse_in_a_strided_view():
+    # The cascade step of the vLLM impl has each level write its LSE straight into a
+    # (tokens, level, heads) buffer; the second run also reuses the step inputs the first one
+    # checked (run() checks them once per step).
+    q_lens, kv_lens = [1, 7, 40], [300, 77, 1000]
+    batch = make_batch(q_lens, kv_lens, 32, 8, 128, 16, torch.bfloat16, "vllm_packed", 3, 0)
+    variant = make_variant("causal", 32, 4)
+    attention = BatchAttention(make_planner(32, 8, 128, 16, torch.bfloat16, q_lens, kv_lens, 0))
+    plan = attention.plan(batch.qo_indptr_host, np.asarray(batch.kv_lens_host, np.int32),
+                          variant)
+    o, lse = attention.run(batch.q, batch.k_cache, batch.v_cache, batch.kv, batch.seq_lens,
+                           batch.qo_indptr, variant, return_lse=True, plan=plan)
+    levels = torch.full((batch.q.shape[0], 2, 32), math.nan, device="cuda")
+    o_again, lse_view = attention.run(batch.q, batch.k_cache, batch.v_cache, batch.kv,
+                                      batch.seq_lens, batch.qo_indptr, variant,
+                                      lse_out=levels[:, 1], plan=plan)
+    torch.cuda.synchronize()
+    tokens = batch.num_tokens
+    assert lse_view.data_ptr() == levels[:, 1].data_ptr()
+    torch.testing.assert_close(levels[:tokens, 1], lse[:tokens], atol=0, rtol=0)
+    assert levels[:, 0].isnan().all()  # the other level's column is untouched
+    torch.testing.assert_close(o_again[:tokens], o[:tokens], atol=0, rtol=0)
+    expected_o, expected_lse = reference.batch_attention(batch.q[:tokens], batch.qo_indptr,
+                                                         batch.kv, variant)
+    torch.testing.assert_close(lse[:tokens], expected_lse, atol=LSE_TOLERANCE, rtol=LSE_TOLERANCE)

@@ -154,13 +154,17 @@ class FIAttentionImpl(AttentionImpl[FIMetadata]):
         num_tokens = cascade.num_query_tokens
         q = query[:num_tokens]
         # The levels write side by side: (tokens, level, heads, head_dim) is merge_states'
-        # (rows, states, heads, head_dim), so the merge reads them without a copy.
+        # (rows, states, heads, head_dim), so the merge reads them without a copy; likewise
+        # their LSEs, (tokens, level, heads).
         states = q.new_empty((num_tokens, 2) + tuple(q.shape[1:]))
-        lses = []
+        lses = torch.empty((num_tokens, 2, q.shape[1]), dtype=torch.float32, device=q.device)
         for index, level in enumerate((cascade.prefix, cascade.suffix)):
-            _, lse = level.attention.run(
+            level.attention.run(
                 q, k_cache, v_cache, level.kv, level.seq_lens, level.qo_indptr,
-                self.variant(level.causal, q.device), out=states[:, index], return_lse=True,
-                plan=level.plan)
-            lses.append(lse)
-        ops.merge_states(states, torch.stack(lses, dim=1), out=output[:num_tokens])
+                self.variant(level.causal, q.device), out=states[:, index],
+                lse_out=lses[:, index], plan=level.plan)
+        # This runs once per layer of every cascade step, on the buffers made just above: the
+        # launch without merge_states' input checks (a cascade step is CPU-bound, see
+        # benchmarks/NOTES.md).
+        merged_lse = torch.empty((num_tokens, q.shape[1]), dtype=torch.float32, device=q.device)
+        ops.launch_merge_states(states, lses, output[:num_tokens], merged_lse)
