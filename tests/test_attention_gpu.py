@@ -368,3 +368,29 @@ def test_lse_out_receives_the_lse_in_a_strided_view():
     expected_o, expected_lse = reference.batch_attention(batch.q[:tokens], batch.qo_indptr,
                                                          batch.kv, variant)
     torch.testing.assert_close(lse[:tokens], expected_lse, atol=LSE_TOLERANCE, rtol=LSE_TOLERANCE)
+
+
+def test_inputs_are_checked_again_when_their_layout_changes():
+    # run() skips the checks of step and layer inputs it already passed (eager engine steps
+    # call it once per layer); anything laid out differently is checked again.
+    q_lens, kv_lens = [1, 5], [100, 60]
+    batch = make_batch(q_lens, kv_lens, 32, 8, 128, 16, torch.bfloat16, "vllm_packed", 5, 0)
+    variant = make_variant("causal", 32, 6)
+    attention = BatchAttention(make_planner(32, 8, 128, 16, torch.bfloat16, q_lens, kv_lens, 0))
+    plan = attention.plan(batch.qo_indptr_host, np.asarray(batch.kv_lens_host, np.int32),
+                          variant)
+    args = (batch.k_cache, batch.v_cache, batch.kv, batch.seq_lens, batch.qo_indptr, variant)
+    attention.run(batch.q, *args, plan=plan)
+    with pytest.raises(ValueError, match="out"):
+        attention.run(batch.q, *args, out=torch.empty_like(batch.q, dtype=torch.float16),
+                      plan=plan)
+    with pytest.raises(ValueError, match="q"):
+        attention.run(batch.q[:, :16], *args, plan=plan)
+    with pytest.raises(ValueError, match="seq_lens"):
+        attention.run(batch.q, batch.k_cache, batch.v_cache, batch.kv,
+                      batch.seq_lens.to(torch.int64), batch.qo_indptr, variant, plan=plan)
+    o = attention.run(batch.q, *args, plan=plan)  # still runs after the refusals
+    torch.cuda.synchronize()
+    expected_o, _ = reference.batch_attention(batch.q[:batch.num_tokens], batch.qo_indptr,
+                                              batch.kv, variant)
+    assert relative_error(o[:batch.num_tokens], expected_o) <= RELATIVE_ERROR_BOUND[torch.bfloat16]
