@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,30 @@ def test_k_and_v_with_different_strides_run_on_the_portable_family(sm90_launches
     plan = auto.plan(batch.qo_indptr_host, batch.kv_lens_host, variant)
     portable.run_and_check(batch, variant, auto, plan, torch.bfloat16)
     assert not sm90_launches
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("variant", ["causal", "sinks"])
+def test_out_rows_that_allow_no_16_byte_stores(head_dim, variant, sm90_launches):
+    # Final rows normally leave in 16-byte stores (a quad transpose of the O accumulator); an
+    # out whose head stride (head_dim + 2 elements) rules those out takes the 4-byte pair
+    # stores, and neither path touches the columns past head_dim.
+    q_lens, kv_lens = [1, 3, 70], [50, 300, 70]
+    batch = portable.make_batch(q_lens, kv_lens, 32, 8, head_dim, 16, torch.bfloat16,
+                                "vllm_packed", 11, 0)
+    var = portable.make_variant(variant, 32, 12)
+    attention = BatchAttention(portable.make_planner(32, 8, head_dim, 16, torch.bfloat16, q_lens,
+                                                     kv_lens, 0))
+    plan = attention.plan(batch.qo_indptr_host, np.asarray(batch.kv_lens_host, np.int32), var)
+    padded = torch.full((batch.q.shape[0], 32, head_dim + 2), math.nan, dtype=torch.bfloat16,
+                        device="cuda")
+    o = attention.run(batch.q, batch.k_cache, batch.v_cache, batch.kv, batch.seq_lens,
+                      batch.qo_indptr, var, out=padded[..., :head_dim], plan=plan)
+    torch.cuda.synchronize()
+    assert_sm90_ran(sm90_launches)
+    tokens = batch.num_tokens
+    expected_o, _ = portable.reference.batch_attention(batch.q[:tokens], batch.qo_indptr,
+                                                       batch.kv, var)
+    error = portable.relative_error(o[:tokens], expected_o)
+    assert error <= portable.RELATIVE_ERROR_BOUND[torch.bfloat16], f"{error:.2e}"
+    assert padded[..., head_dim:].isnan().all()

@@ -80,6 +80,11 @@ void def_batch_attention(pybind11::module_& m, const char* name, Launcher launch
         p.o = reinterpret_cast<void*>(o);
         p.o_stride_token = o_strides[0];
         p.o_stride_head = o_strides[1];
+        {
+          const std::int64_t elems_per_16b = 16 / dtype_size_bytes(launch.dtype);
+          p.o_rows_16b_aligned = o % 16 == 0 && o_strides[0] % elems_per_16b == 0 &&
+                                 o_strides[1] % elems_per_16b == 0;
+        }
         p.lse = reinterpret_cast<float*>(lse);
         p.lse_stride_token = lse_strides[0];
         p.lse_stride_head = lse_strides[1];

@@ -53,6 +53,7 @@ struct BatchAttentionParams {
   std::int64_t q_stride_token, q_stride_head;
   void* o;
   std::int64_t o_stride_token, o_stride_head;
+  int o_rows_16b_aligned;  // o and its token/head strides allow 16-byte stores of a row's parts
   float* lse;  // null: not written
   std::int64_t lse_stride_token, lse_stride_head;
   // k, v: (num_pages, page_size, num_kv_heads, head_dim) strided views (any strides).
