@@ -93,7 +93,10 @@ class PlanScheduler {
         device_is_cuda_(device_is_cuda),
         cta_free_at_(config.num_ctas),
         item_cta_(config.max_work_items),
-        cta_next_item_(config.num_ctas) {
+        cta_next_item_(config.num_ctas),
+        first_tile_(static_cast<std::size_t>(config.max_requests) + 1),
+        tiles_(max_tiles_per_kv_head(config)),
+        tile_cost_(tiles_.size()) {
     if (offsets_.size() != 2 + kNumWorkFields + kNumMergeFields) {
       throw py::value_error("PlanScheduler needs " +
                             std::to_string(2 + kNumWorkFields + kNumMergeFields) +
@@ -126,8 +129,8 @@ class PlanScheduler {
     const double total_cost = check_and_sum_cost(qo_indptr, kv_len, batch_size);
     wait_for_previous_copy();
     std::array<int, 3> counts;
-    if (!deal_whole_tiles(qo_indptr, kv_len, batch_size, total_cost, counts)) {
-      counts = cut_stream(qo_indptr, kv_len, batch_size, total_cost);
+    if (!deal_whole_tiles(batch_size, total_cost, counts)) {
+      counts = cut_stream(batch_size, total_cost);
     }
     publish(counts, stream);
     return counts;
@@ -189,7 +192,14 @@ class PlanScheduler {
 
   [[noreturn]] static void refuse(const std::string& message) { throw py::value_error(message); }
 
-  // Checks every input against the capacities and returns the batch's total cost.
+  // Tiles of one KV head that a plan within the capacities can hold (see check_and_sum_cost).
+  static std::size_t max_tiles_per_kv_head(const SchedulerConfig& config) {
+    const std::int64_t for_tiles = config.max_work_items - (config.num_ctas - 1);
+    return static_cast<std::size_t>(std::max<std::int64_t>(1, for_tiles / config.num_kv_heads));
+  }
+
+  // Checks every input against the capacities, computes the batch's tiles (tiles_,
+  // first_tile_, tile_cost_) and returns the batch's total cost.
   double check_and_sum_cost(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
                             int batch_size) {
     if (batch_size > config_.max_requests) {
@@ -218,12 +228,8 @@ class PlanScheduler {
                "; q_len <= kv_len <= max_model_len " + std::to_string(config_.max_model_len) +
                " is required");
       }
-      const int tiles = num_tiles(r);
-      tiles_per_kv_head += tiles;
-      for (int t = 0; t < tiles; ++t) {
-        const TileGeometry g = tile_geometry(r, t);
-        cost_per_kv_head += item_cost(g, g.kv_end - g.kv_begin);
-      }
+      first_tile_[b] = static_cast<std::int32_t>(tiles_per_kv_head);
+      tiles_per_kv_head += num_tiles(r);
     }
     // Splits happen only at CTA boundaries, so num_ctas - 1 more items at most.
     const std::int64_t worst_items =
@@ -234,6 +240,16 @@ class PlanScheduler {
              std::to_string(config_.num_ctas - 1) + " splits); the capacity is " +
              std::to_string(config_.max_work_items));
     }
+    // Within the capacity, so tiles_ holds them all (max_tiles_per_kv_head).
+    first_tile_[batch_size] = static_cast<std::int32_t>(tiles_per_kv_head);
+    for (int b = 0; b < batch_size; ++b) {
+      const RequestShape r = request_shape(qo_indptr, kv_len, b);
+      for (int i = first_tile_[b]; i < first_tile_[b + 1]; ++i) {
+        tiles_[i] = tile_geometry(r, i - first_tile_[b]);
+        tile_cost_[i] = item_cost(tiles_[i], tiles_[i].kv_end - tiles_[i].kv_begin);
+        cost_per_kv_head += tile_cost_[i];
+      }
+    }
     return cost_per_kv_head * config_.num_kv_heads;
   }
 
@@ -242,13 +258,10 @@ class PlanScheduler {
   // query tile from the last one (the longest under causal masking, so that the list schedule
   // below places long tiles first and the short ones fill the gaps).
   template <typename Visit>
-  void for_each_tile_in_locality_order(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
-                                       int batch_size, Visit&& visit) const {
+  void for_each_tile_in_locality_order(int batch_size, Visit&& visit) const {
     for (int b = 0; b < batch_size; ++b) {
-      const RequestShape r = request_shape(qo_indptr, kv_len, b);
-      const int tiles = num_tiles(r);
       for (int h = 0; h < config_.num_kv_heads; ++h) {
-        for (int t = tiles - 1; t >= 0; --t) visit(b, h, tile_geometry(r, t));
+        for (int i = first_tile_[b + 1] - 1; i >= first_tile_[b]; --i) visit(b, h, i);
       }
     }
   }
@@ -262,8 +275,7 @@ class PlanScheduler {
   // having written no work item (only CTA counts, which the stream cut rewrites), when some
   // CTA would exceed the mean cost by more than overfill_fraction (few or long tiles); the
   // stream cut, which splits tiles, is used then.
-  bool deal_whole_tiles(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
-                        int batch_size, double total_cost, std::array<int, 3>& counts) {
+  bool deal_whole_tiles(int batch_size, double total_cost, std::array<int, 3>& counts) {
     const int num_ctas = config_.num_ctas;
     const double load_limit = (1.0 + config_.overfill_fraction) * total_cost / num_ctas;
     // Loads in ascending CTA order form a valid min-heap of (load, CTA).
@@ -272,11 +284,10 @@ class PlanScheduler {
     std::fill(cta_work_indptr, cta_work_indptr + num_ctas + 1, 0);
     int num_items = 0;
     bool within_limit = true;
-    for_each_tile_in_locality_order(qo_indptr, kv_len, batch_size,
-                                    [&](int, int, const TileGeometry& g) {
+    for_each_tile_in_locality_order(batch_size, [&](int, int, int tile) {
       if (!within_limit) return;
       const int cta = cta_free_at_[0].second;
-      const double cost = item_cost(g, g.kv_end - g.kv_begin);
+      const double cost = tile_cost_[tile];
       within_limit = cta_free_at_[0].first + cost <= load_limit;
       item_cta_[num_items++] = cta;
       ++cta_work_indptr[cta + 1];
@@ -291,8 +302,8 @@ class PlanScheduler {
     std::int32_t* work[kNumWorkFields];
     for (int f = 0; f < kNumWorkFields; ++f) work[f] = work_field(f);
     int tile_index = 0;
-    for_each_tile_in_locality_order(qo_indptr, kv_len, batch_size,
-                                    [&](int b, int h, const TileGeometry& g) {
+    for_each_tile_in_locality_order(batch_size, [&](int b, int h, int tile) {
+      const TileGeometry& g = tiles_[tile];
       const int i = cta_next_item_[item_cta_[tile_index++]]++;
       work[kWorkRequest][i] = b;
       work[kWorkKvHead][i] = h;
@@ -333,8 +344,7 @@ class PlanScheduler {
     header[4] = max_merge_rows;
   }
 
-  std::array<int, 3> cut_stream(const std::int32_t* qo_indptr, const std::int32_t* kv_len,
-                                int batch_size, double total_cost) {
+  std::array<int, 3> cut_stream(int batch_size, double total_cost) {
     const int num_ctas = config_.num_ctas;
     std::int32_t* work[kNumWorkFields];
     for (int f = 0; f < kNumWorkFields; ++f) work[f] = work_field(f);
@@ -368,11 +378,9 @@ class PlanScheduler {
     };
 
     for (int b = 0; b < batch_size; ++b) {
-      const RequestShape r = request_shape(qo_indptr, kv_len, b);
-      const int tiles = num_tiles(r);
       for (int h = 0; h < config_.num_kv_heads; ++h) {
-        for (int t = 0; t < tiles; ++t) {
-          const TileGeometry g = tile_geometry(r, t);
+        for (int tile = first_tile_[b]; tile < first_tile_[b + 1]; ++tile) {
+          const TileGeometry& g = tiles_[tile];
           const double w = g.cost_per_kv_token;
           int chunk_begin = g.kv_begin;
           int pieces = 0, slot_start = 0;
@@ -524,6 +532,11 @@ class PlanScheduler {
   std::vector<std::pair<double, int>> cta_free_at_;
   std::vector<std::int32_t> item_cta_;
   std::vector<std::int32_t> cta_next_item_;
+  // The batch's query tiles of one KV head (every head has the same), computed once per plan
+  // by check_and_sum_cost: request b's are [first_tile_[b], first_tile_[b + 1]).
+  std::vector<std::int32_t> first_tile_;
+  std::vector<TileGeometry> tiles_;
+  std::vector<double> tile_cost_;  // estimated cost of each whole tile
 };
 
 using HostIndexArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;
