@@ -253,10 +253,10 @@ class PlanScheduler {
     return cost_per_kv_head * config_.num_kv_heads;
   }
 
-  // Calls visit(request, kv_head, geometry) for every tile in KV-locality order: by
-  // request, then KV head (the tiles of one (request, KV head) read the same pages), then
-  // query tile from the last one (the longest under causal masking, so that the list schedule
-  // below places long tiles first and the short ones fill the gaps).
+  // Calls visit(request, kv_head, tile) for every tile (an index into tiles_ and tile_cost_)
+  // in KV-locality order: by request, then KV head (the tiles of one (request, KV head) read
+  // the same pages), then query tile from the last one (the longest under causal masking, so
+  // that the list schedule below places long tiles first and the short ones fill the gaps).
   template <typename Visit>
   void for_each_tile_in_locality_order(int batch_size, Visit&& visit) const {
     for (int b = 0; b < batch_size; ++b) {

@@ -307,9 +307,10 @@ struct ThreadRows {
   }
 
   // Turns S (dot products of the tile starting at key tile_lo, in the layout for_each_logit
-  // describes) into unnormalized probabilities 2^(logit - m) in place, updates m and d, and returns in `rescale` the factor for the output accumulated so
-  // far. Without a logit transform S stays the raw dot product and the scale to base-2 logits
-  // rides in the exponent's FFMA (s_to_log2); with one, S becomes base-2 logits first.
+  // describes) into unnormalized probabilities 2^(logit - m) in place, updates m and d, and
+  // returns in `rescale` the factor for the output accumulated so far. Without a logit
+  // transform S stays the raw dot product and the scale to base-2 logits rides in the
+  // exponent's FFMA (s_to_log2); with one, S becomes base-2 logits first.
   // whole_tile: every row sees every key of the tile (see visible_tile), so no mask is applied.
   // This runs between the S = Q K^T wait and the next wgmma issue, i.e. on the critical path of
   // the ping-pong: row maxima and sums are trees (log2 depth) rather than one dependent chain.
