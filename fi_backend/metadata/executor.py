@@ -34,6 +34,17 @@ def _variant_for_kv_head(variant: AttentionVariant, kv_head: int, group: int
     return dataclasses.replace(variant, **per_head)
 
 
+def _merge_extension(plan) -> dict[str, list[int]]:
+    """The cascade merge fields (metadata.cascade_plan.CASCADE_MERGE_FIELDS) of `plan`, or
+    their neutral values (row offset 0, no extra range) for a plan without them."""
+    from fi_backend.metadata.cascade_plan import CASCADE_MERGE_FIELDS
+
+    try:
+        return {name: plan.section(name).tolist() for name in CASCADE_MERGE_FIELDS}
+    except ValueError:
+        return {name: [0] * plan.num_merge_items for name in CASCADE_MERGE_FIELDS}
+
+
 def execute_plan_reference(plan: Plan, q: torch.Tensor, qo_indptr: torch.Tensor,
                            kv: BlockSparseKV, variant: AttentionVariant,
                            seq_lens_exact: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,15 +108,23 @@ def execute_plan_reference(plan: Plan, q: torch.Tensor, qo_indptr: torch.Tensor,
     merge = {name: plan.section(name).tolist() for name in (
         "merge_request", "merge_kv_head", "merge_q_start", "merge_q_len", "merge_slot_start",
         "merge_num_slots")}
+    extension = _merge_extension(plan)
     for m in range(plan.num_merge_items):
         b, h = merge["merge_request"][m], merge["merge_kv_head"][m]
         q_start, q_len = merge["merge_q_start"][m], merge["merge_q_len"][m]
-        slots = slice(merge["merge_slot_start"][m],
-                      merge["merge_slot_start"][m] + merge["merge_num_slots"][m])
         rows = q_len * group
+        # The item's own slots at its row offset, then (cascade) the extra range at its own.
+        ranges = [(merge["merge_slot_start"][m], merge["merge_num_slots"][m],
+                   extension["merge_slot_row"][m]),
+                  (extension["merge_extra_slot_start"][m], extension["merge_extra_num_slots"][m],
+                   extension["merge_extra_slot_row"][m])]
+        v_parts = [partial_o[start:start + count, row:row + rows]
+                   for start, count, row in ranges if count > 0]
+        s_parts = [partial_lse[start:start + count, row:row + rows]
+                   for start, count, row in ranges if count > 0]
         # [slots, rows, D] -> [q_len, slots, group, D]: merge_states' (N, S, H, D).
-        v_states = partial_o[slots, :rows].reshape(-1, q_len, group, head_dim).transpose(0, 1)
-        s_states = partial_lse[slots, :rows].reshape(-1, q_len, group).transpose(0, 1)
+        v_states = torch.cat(v_parts).reshape(-1, q_len, group, head_dim).transpose(0, 1)
+        s_states = torch.cat(s_parts).reshape(-1, q_len, group).transpose(0, 1)
         o_tile, lse_tile = reference.merge_states(v_states, s_states)
         if variant.sinks is not None:
             o_tile, lse_tile = reference.apply_sinks(o_tile, lse_tile, variants[h].sinks)
