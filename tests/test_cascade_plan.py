@@ -30,6 +30,7 @@ def level_planner(num_ctas: int, max_requests: int) -> Planner:
     ([3, 1, 30, 2, 1, 45], [3, 40, 30, 9, 1, 60], 25, 6),  # tiles straddling prefix tiles
     ([1] * 5, [200] * 5, 50, 13),  # long suffixes: the suffix level splits them
     ([2] * 8, [2] * 8, 100, 32),  # long prefix: the prefix level splits it
+    ([32] * 3, [40] * 3, 100, 5),  # request tiles exactly as wide as the prefix tiles
 ])
 @pytest.mark.parametrize("soft_cap", [0.0, 20.0])
 def test_composed_plan_equals_attention_over_whole_sequences(q_lens, suffix_lens,
@@ -68,8 +69,10 @@ def test_composed_plan_equals_attention_over_whole_sequences(q_lens, suffix_lens
     o_ref, lse_ref = reference.batch_attention(q, torch.from_numpy(qo_indptr), kv, variant)
     torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
-    # Every item writes a partial state, and CTA c runs both levels' items of CTA c.
-    assert (plan.section("work_partial_slot") >= 0).all()
+    # Every item writes a partial state of its own, and CTA c runs both levels' items of CTA c.
+    slots = plan.section("work_partial_slot")
+    assert (slots >= 0).all() and len(set(slots.tolist())) == plan.num_work_items
+    assert plan.num_partial_slots == plan.num_work_items
     assert plan.num_work_items == prefix_plan.num_work_items + suffix_plan.num_work_items
     assert plan.section("header")[4] == (plan.section("merge_q_len").max()
                                          * (NUM_QO_HEADS // NUM_KV_HEADS))

@@ -1,7 +1,8 @@
 """One plan for a shared-prefix (cascade) step, over the batch's own page table.
 
-WORK IN PROGRESS (branch wip/one-plan-cascade): validated on the CPU executor only; the
-kernels' merge does not read the merge extension fields yet, and the builder does not use it.
+WORK IN PROGRESS (branch wip/one-plan-cascade): validated on the CPU executor; the kernels'
+merge reads the cascade merge fields (compiled, not yet run on a GPU); the builder does not
+use composed plans yet.
 
 A cascade step today runs two levels (a prefix level: all query tokens as one request over
 the shared pages, non-causal; a suffix level: each request over its own pages) and merges
@@ -34,18 +35,12 @@ import numpy as np
 
 from fi_backend.metadata.plan_layout import MERGE_FIELDS, WORK_FIELDS
 
-__all__ = ["CASCADE_MERGE_FIELDS", "ComposedPlan", "compose_cascade_plan"]
-
-CASCADE_MERGE_FIELDS = ("merge_slot_row", "merge_extra_slot_start", "merge_extra_num_slots",
-                        "merge_extra_slot_row")
-"""Merge-item fields beyond plan_layout.MERGE_FIELDS: the row offset of the item's rows in its
-own slots, and a second slot range (with its row offset) folded into the same rows."""
-
+__all__ = ["ComposedPlan", "compose_cascade_plan"]
 
 @dataclass
 class ComposedPlan:
-    """A plan's host sections (plan_layout.py names plus CASCADE_MERGE_FIELDS), with the
-    interface fi_backend.metadata.executor reads."""
+    """A plan's host sections (plan_layout.py names), with the interface
+    fi_backend.metadata.executor reads."""
 
     group_size: int
     num_ctas: int
@@ -103,8 +98,10 @@ def compose_cascade_plan(prefix_plan, suffix_plan, qo_indptr_host: np.ndarray,
     group, num_ctas = suffix_plan.group_size, suffix_plan.num_ctas
     qo = np.asarray(qo_indptr_host, dtype=np.int64)
 
-    prefix_tiles, prefix_item_slot, next_slot = _tile_slots(prefix_plan, 0, 0)
-    next_slot = max(next_slot, prefix_plan.num_partial_slots)
+    # Slots: the prefix level's split pieces keep theirs, its whole tiles follow, then the
+    # suffix level's split pieces (shifted) and whole tiles: one slot per work item.
+    prefix_tiles, prefix_item_slot, next_slot = _tile_slots(
+        prefix_plan, 0, prefix_plan.num_partial_slots)
     suffix_offset = next_slot
     suffix_tiles, suffix_item_slot, next_slot = _tile_slots(
         suffix_plan, suffix_offset, suffix_offset + suffix_plan.num_partial_slots)
@@ -135,7 +132,7 @@ def compose_cascade_plan(prefix_plan, suffix_plan, qo_indptr_host: np.ndarray,
                          + suffix_indptr[c + 1] - suffix_indptr[c])
 
     # Merge items: each suffix tile's tokens, cut where a prefix tile ends.
-    merge_out = {name: [] for name in MERGE_FIELDS + CASCADE_MERGE_FIELDS}
+    merge_out = {name: [] for name in MERGE_FIELDS}
     for (request, kv_head, q_start), (slot_start, num_slots, q_len) in sorted(
             suffix_tiles.items()):
         first_token = int(qo[request]) + q_start

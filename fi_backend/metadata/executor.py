@@ -18,7 +18,7 @@ import torch
 
 from fi_backend import reference
 from fi_backend.metadata.block_sparse import BlockSparseKV
-from fi_backend.metadata.plan_layout import MAX_TILE_ROWS
+from fi_backend.metadata.plan_layout import MAX_TILE_ROWS, MERGE_FIELDS
 from fi_backend.metadata.planner import Plan
 from fi_backend.variants import AttentionVariant
 
@@ -32,17 +32,6 @@ def _variant_for_kv_head(variant: AttentionVariant, kv_head: int, group: int
     per_head = {name: torch.as_tensor(getattr(variant, name), dtype=torch.float32)[heads]
                 for name in ("alibi_slopes", "sinks") if getattr(variant, name) is not None}
     return dataclasses.replace(variant, **per_head)
-
-
-def _merge_extension(plan) -> dict[str, list[int]]:
-    """The cascade merge fields (metadata.cascade_plan.CASCADE_MERGE_FIELDS) of `plan`, or
-    their neutral values (row offset 0, no extra range) for a plan without them."""
-    from fi_backend.metadata.cascade_plan import CASCADE_MERGE_FIELDS
-
-    try:
-        return {name: plan.section(name).tolist() for name in CASCADE_MERGE_FIELDS}
-    except ValueError:
-        return {name: [0] * plan.num_merge_items for name in CASCADE_MERGE_FIELDS}
 
 
 def execute_plan_reference(plan: Plan, q: torch.Tensor, qo_indptr: torch.Tensor,
@@ -105,19 +94,16 @@ def execute_plan_reference(plan: Plan, q: torch.Tensor, qo_indptr: torch.Tensor,
             partial_o[slot, :q_len * group] = o_tile.reshape(q_len * group, head_dim)
             partial_lse[slot, :q_len * group] = lse_tile.reshape(q_len * group)
 
-    merge = {name: plan.section(name).tolist() for name in (
-        "merge_request", "merge_kv_head", "merge_q_start", "merge_q_len", "merge_slot_start",
-        "merge_num_slots")}
-    extension = _merge_extension(plan)
+    merge = {name: plan.section(name).tolist() for name in MERGE_FIELDS}
     for m in range(plan.num_merge_items):
         b, h = merge["merge_request"][m], merge["merge_kv_head"][m]
         q_start, q_len = merge["merge_q_start"][m], merge["merge_q_len"][m]
         rows = q_len * group
         # The item's own slots at its row offset, then (cascade) the extra range at its own.
         ranges = [(merge["merge_slot_start"][m], merge["merge_num_slots"][m],
-                   extension["merge_slot_row"][m]),
-                  (extension["merge_extra_slot_start"][m], extension["merge_extra_num_slots"][m],
-                   extension["merge_extra_slot_row"][m])]
+                   merge["merge_slot_row"][m]),
+                  (merge["merge_extra_slot_start"][m], merge["merge_extra_num_slots"][m],
+                   merge["merge_extra_slot_row"][m])]
         v_parts = [partial_o[start:start + count, row:row + rows]
                    for start, count, row in ranges if count > 0]
         s_parts = [partial_lse[start:start + count, row:row + rows]
