@@ -8,7 +8,7 @@ import torch
 
 from fi_backend import reference
 from fi_backend.metadata import block_table_to_bsr, split_kv_cache
-from fi_backend.metadata.cascade_plan import compose_cascade_plan
+from fi_backend.metadata.cascade_plan import cascade_capacity, compose_cascade_plan
 from fi_backend.metadata.executor import execute_plan_reference
 from fi_backend.metadata.plan_layout import tile_tokens
 from fi_backend.metadata.planner import Planner
@@ -64,7 +64,16 @@ def test_composed_plan_equals_attention_over_whole_sequences(q_lens, suffix_lens
     plan = compose_cascade_plan(prefix_plan, suffix_plan, qo_indptr, prefix_len,
                                 tile_tokens(NUM_QO_HEADS // NUM_KV_HEADS))
 
-    o, lse = execute_plan_reference(plan, q, torch.from_numpy(qo_indptr), kv, variant,
+    # Published through a Planner with the composed capacities, as the builder will.
+    prefix_planner, suffix_planner = level_planner(num_ctas, 1), level_planner(num_ctas, batch)
+    publisher = Planner(max_requests=batch, max_batched_tokens=512, max_model_len=1024,
+                        num_qo_heads=NUM_QO_HEADS, num_kv_heads=NUM_KV_HEADS,
+                        head_dim=HEAD_DIM, page_size=PAGE_SIZE, num_ctas=num_ctas,
+                        capacity=cascade_capacity(prefix_planner.capacity,
+                                                  suffix_planner.capacity))
+    published = publisher.publish(plan)
+    assert published.buffer.tolist() == published._staging.tolist()
+    o, lse = execute_plan_reference(published, q, torch.from_numpy(qo_indptr), kv, variant,
                                     seq_lens)
     o_ref, lse_ref = reference.batch_attention(q, torch.from_numpy(qo_indptr), kv, variant)
     torch.testing.assert_close(o, o_ref, atol=1e-5, rtol=1e-5)

@@ -12,7 +12,6 @@ What stands in for hardware on a machine without a GPU:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -60,7 +59,7 @@ from fi_backend.metadata.executor import execute_plan_reference  # noqa: E402
 from fi_backend.variants import AttentionVariant  # noqa: E402
 from fi_backend.vllm import selection  # noqa: E402
 from fi_backend.vllm.backend import FIBackend  # noqa: E402
-from fi_backend.vllm.builder import CASCADE_ENV, FIMetadataBuilder  # noqa: E402
+from fi_backend.vllm.builder import CASCADE_ENV, NO_WINDOW, FIMetadataBuilder  # noqa: E402
 from fi_backend.vllm.impl import FIAttentionImpl  # noqa: E402
 from fi_backend.vllm.plugin import BACKEND_CLASS_PATH, register  # noqa: E402
 
@@ -649,61 +648,38 @@ def shared_prefix_batch(name: str, page_size: int, seed: int = 0) -> tuple[int, 
                              seed=seed, **batch_args)
 
 
-def execute_cascade(metadata, q: torch.Tensor, kv, variant: AttentionVariant):
-    """The cascade step on the CPU: each level's plan through the plan executor, the two
-    states merged by LSE."""
-    cascade = metadata.cascade
-    real = cascade.num_query_tokens
-    states = []
-    for level in (cascade.prefix, cascade.suffix):
-        level_variant = dataclasses.replace(variant, causal=level.causal)
-        states.append(execute_plan_reference(
-            level.plan, q, level.qo_indptr, level.kv.with_cache(kv.k_cache, kv.v_cache),
-            level_variant, level.seq_lens))
-    (o_prefix, lse_prefix), (o_suffix, lse_suffix) = states
-    return reference.merge_state_pair(o_prefix[:real], lse_prefix[:real], o_suffix[:real],
-                                      lse_suffix[:real])
-
-
 def check_cascade_metadata(batch: Batch, prefix_len: int, metadata, seed: int = 1):
-    """Prefix level = request 0's first pages for all queries; suffix level = each request's
-    later pages; executed and merged, they equal the oracle over the whole sequences."""
-    page_size = batch.page_size
-    prefix_pages = prefix_len // page_size
+    """One composed plan (metadata/cascade_plan.py) over the batch's own page table: prefix
+    items are request 0's over keys below the prefix, suffix items the requests' tiles over
+    keys from it, every item writes a partial state; executed by the CPU plan executor it
+    equals the oracle over the whole sequences."""
     real = int(batch.qo_indptr[-1])
-    cascade = metadata.cascade
-    assert cascade is not None and metadata.plans == {}
-    assert (cascade.prefix_len, cascade.num_query_tokens) == (prefix_len, real)
-
-    prefix = cascade.prefix
-    assert not prefix.causal and prefix.qo_indptr.tolist() == [0, real]
-    assert prefix.seq_lens.tolist() == [prefix_len]
-    assert prefix.kv.indptr.tolist() == [0, prefix_pages]
-    assert prefix.kv.indices[:prefix_pages].tolist() == batch.block_table[0, :prefix_pages].tolist()
-    assert prefix.kv.last_page_len.tolist() == [page_size]
-
-    suffix = cascade.suffix
-    suffix_lens = [max(kv_len - prefix_len, 0) for kv_len in batch.kv_lens]
-    assert suffix.causal and suffix.qo_indptr.tolist() == batch.qo_indptr.tolist()
-    assert suffix.seq_lens.tolist() == suffix_lens
-    suffix_pages = [batch.block_table[b, prefix_pages:math.ceil(kv_len / page_size)].tolist()
-                    for b, kv_len in enumerate(batch.kv_lens) if kv_len]
-    indptr = suffix.kv.indptr.tolist()
-    assert indptr == [0] + np.cumsum([len(p) for p in suffix_pages]
-                                     + [0] * (len(batch.kv_lens) - len(suffix_pages))).tolist()
-    assert suffix.kv.indices[:indptr[-1]].tolist() == sum(suffix_pages, [])
+    assert metadata.cascade_prefix_len == prefix_len and list(metadata.plans) == [NO_WINDOW]
+    plan = metadata.plans[NO_WINDOW]
+    request, kv_start, kv_end = (plan.section(name) for name in (
+        "work_request", "work_kv_start", "work_kv_end"))
+    prefix_items = kv_end <= prefix_len
+    assert (request[prefix_items] == 0).all() and prefix_items.any()
+    assert (kv_start[~prefix_items] >= prefix_len).all()
+    assert (plan.section("work_partial_slot") >= 0).all()
+    assert (plan.section("merge_extra_num_slots") > 0).all()
+    indptr, indices, last = batch.expected_bsr()
+    assert metadata.kv.indptr.tolist() == indptr
+    assert metadata.kv.indices[:indptr[-1]].tolist() == indices
+    assert metadata.kv.last_page_len.tolist() == last
 
     generator = torch.Generator().manual_seed(seed)
-    cache_shape = (batch.num_pages, page_size, NUM_KV_HEADS, HEAD_DIM)
+    cache_shape = (batch.num_pages, batch.page_size, NUM_KV_HEADS, HEAD_DIM)
     kv = metadata.kv.with_cache(torch.randn(cache_shape, generator=generator),
                                 torch.randn(cache_shape, generator=generator))
     q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM, generator=generator)
-    # Soft-cap and scale act per logit: the same in both levels.
+    # Soft-cap and scale act per logit: the same for prefix and suffix items.
     variant = AttentionVariant(causal=True, logits_soft_cap=30.0, sm_scale=0.1)
-    o, lse = execute_cascade(metadata, q, kv, variant)
+    o, lse = execute_plan_reference(plan, q, batch.qo_indptr, kv, variant,
+                                    torch.tensor(batch.kv_lens, dtype=torch.int32))
     o_ref, lse_ref = reference.batch_attention(q[:real], batch.qo_indptr, kv, variant)
-    torch.testing.assert_close(o, o_ref, atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(lse, lse_ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(o[:real], o_ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse[:real], lse_ref, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("name", SHARED_PREFIX_BATCHES)
@@ -717,8 +693,8 @@ def test_build_with_common_prefix_gives_levels_the_oracle_expects(cascade_config
     metadata = builder.build(prefix_len, cam)
     check_cascade_metadata(batch, prefix_len, metadata)
     assert cam._seq_lens_cpu is None  # host planning read only host data
-    if name == "long_prefix":
-        assert metadata.cascade.prefix.plan.num_merge_items > 0
+    if name == "long_prefix":  # the prefix level split its tiles
+        assert (metadata.plans[NO_WINDOW].section("merge_extra_num_slots") > 1).any()
 
 
 def test_cascade_with_kv_length_upper_bounds(monkeypatch):
@@ -747,19 +723,12 @@ def test_cascade_and_plain_steps_alternate_on_persistent_buffers(cascade_config)
     b = builder.build(second_len, second.common_attn_metadata())
     check_cascade_metadata(second, second_len, b)
 
-    def level_buffers(level):
-        return (level.kv.indptr, level.kv.indices, level.kv.last_page_len, level.seq_lens,
-                level.plan.buffer)
-
-    for level_a, level_b in ((a.cascade.prefix, b.cascade.prefix),
-                             (a.cascade.suffix, b.cascade.suffix)):
-        for x, y in zip(level_buffers(level_a), level_buffers(level_b)):
-            assert x.data_ptr() == y.data_ptr()
-    assert a.cascade.prefix.qo_indptr.data_ptr() == b.cascade.prefix.qo_indptr.data_ptr()
-    # The levels' plan buffers are their own: a graph captured on the plain plan stays valid.
-    plain_buffer = builder.planners[-1].buffer.data_ptr()
-    assert plain_buffer not in (b.cascade.prefix.plan.buffer.data_ptr(),
-                                b.cascade.suffix.plan.buffer.data_ptr())
+    # Composed plans live in the cascade planner's buffer, apart from the plain plans', so a
+    # graph captured on a plain plan stays valid.
+    cascade_buffer = builder.cascade_planner.buffer.data_ptr()
+    assert a.plans[NO_WINDOW].buffer.data_ptr() == cascade_buffer
+    assert b.plans[NO_WINDOW].buffer.data_ptr() == cascade_buffer
+    assert builder.planners[NO_WINDOW].buffer.data_ptr() != cascade_buffer
 
 
 def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(cascade_config):
@@ -768,7 +737,7 @@ def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(ca
     batch = Batch(q_lens=[30] * 20, kv_lens=[300 + 7 * b for b in range(20)], page_size=16,
                   shared_pages=16)
     metadata = builder.build(256, batch.common_attn_metadata())
-    assert metadata.cascade is None
+    assert metadata.cascade_prefix_len == 0
     check_metadata(builder, batch, metadata)
 
 
@@ -784,20 +753,6 @@ def test_build_refuses_an_impossible_common_prefix(cascade_config, common_prefix
     with pytest.raises(ValueError) as error:
         builder.build(common_prefix_len, batch.common_attn_metadata())
     assert message in str(error.value)
-
-
-def test_cascade_metadata_is_refused_by_a_layer_with_sinks(cascade_config):
-    builder = cascade_builder(cascade_config)
-    prefix_len, batch = shared_prefix_batch("decode", 16)
-    metadata = builder.build(prefix_len, batch.common_attn_metadata())
-    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS,
-                           sinks=torch.zeros(NUM_QO_HEADS))
-    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM)
-    output = torch.full_like(q, float("nan"))
-    with pytest.raises(ValueError, match="cascade metadata reached a layer with sinks"):
-        impl.forward(None, q, q[:, :NUM_KV_HEADS], q[:, :NUM_KV_HEADS],
-                     vllm_kv_cache(batch.num_pages, 16, torch.float32), metadata, output)
-    assert torch.isnan(output).all()
 
 
 @pytest.mark.gpu
@@ -823,7 +778,7 @@ def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, ba
     outputs = {}
     for common_prefix_len in (prefix_len, 0):  # the cascade step, then the same step plain
         metadata = builder.build(common_prefix_len, cam)
-        assert (metadata.cascade is not None) == (common_prefix_len > 0)
+        assert metadata.cascade_prefix_len == common_prefix_len
         output = torch.full_like(q, float("nan"))
         impl.forward(None, q, k_new, v_new, kv_cache, metadata, output)
         outputs[common_prefix_len] = output.float().cpu()
@@ -841,24 +796,3 @@ def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, ba
     assert (cascade[:real] - plain[:real]).norm() / plain[:real].norm() < 1e-2
 
 
-@pytest.mark.gpu
-def test_cascade_step_refuses_cuda_graph_capture(cascade_config):
-    """vLLM never captures a cascade step (it excludes FULL graphs for it); were one
-    captured, replays would run its levels' plans on later steps: refused."""
-    device = torch.device("cuda")
-    builder = cascade_builder(cascade_config, 16, "cuda")
-    prefix_len, batch = shared_prefix_batch("decode", 16)
-    cam = batch.common_attn_metadata()
-    for field in ("query_start_loc", "seq_lens", "block_table_tensor", "slot_mapping"):
-        setattr(cam, field, getattr(cam, field).to(device))
-    metadata = builder.build(prefix_len, cam)
-    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS)
-    kv_cache = vllm_kv_cache(batch.num_pages, 16).to(device)
-    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM, device=device,
-                    dtype=torch.bfloat16)
-    output = torch.zeros_like(q)
-    torch.cuda.synchronize()
-    with pytest.raises(RuntimeError, match="must run eagerly"):
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            impl.forward(None, q, q[:, :NUM_KV_HEADS], q[:, :NUM_KV_HEADS], kv_cache,
-                         metadata, output)

@@ -20,16 +20,15 @@ decode, prefill and mixed batches).
 
 Cascade (shared prefix, FlashInfer paper section 3.1): when vLLM's V1 runner finds that all
 requests share their first `common_prefix_len` tokens and `use_cascade_attention` agrees,
-build() describes the step as two levels instead of one: the prefix level, one "request"
-holding every query token of the batch over the shared pages, non-causal (every query sits
-after the prefix), and the suffix level, each request over its own pages after the prefix,
-causal as the batch is (queries and keys shift by the same prefix length, so the causal mask
-is unchanged). The impl runs both levels and merges their states by LSE. The shared pages are
-read once per query tile of the whole batch instead of once per request. Both levels have
-their own persistent planners and buffers (both plans live through all layers of the step).
-Cascade steps never run inside a CUDA graph: the runner excludes FULL graphs for them
-(`use_cascade_attn` -> `disable_full`), the attention op runs eagerly between piecewise
-graphs, and `build_for_cudagraph_capture` builds with `common_prefix_len=0`.
+build() plans the step as two levels on the host (the prefix level: every query token as one
+request over the shared pages, non-causal; the suffix level: each request over its own later
+pages) and composes them into ONE plan over the batch's own page table
+(fi_backend/metadata/cascade_plan.py): prefix items read the shared pages once per query tile
+of the whole batch, suffix items each request's own, and the plan's merge folds both. Layers
+run it as any step: one attention launch and one merge. Cascade steps never run inside a
+CUDA graph (the runner excludes FULL graphs for them, `use_cascade_attn` -> `disable_full`,
+and `build_for_cudagraph_capture` builds with `common_prefix_len=0`); the composed plan has
+its own buffer, so graphs captured on the plain plans stay valid.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from vllm.v1.attention.backend import (
 )
 
 from fi_backend.metadata.block_sparse import BlockSparseKV, BsrBuffers, block_table_to_bsr
+from fi_backend.metadata.cascade_plan import cascade_capacity, compose_cascade_plan
 from fi_backend.metadata.plan_layout import gqa_group_size, tile_tokens
 from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
@@ -86,10 +86,10 @@ class FIMetadata(AttentionMetadata):
     qo_indptr:  device int32 [B + 1], vLLM's `query_start_loc` (exact).
     seq_lens:   device int32 [B], exact KV lengths including this step's tokens.
     kv:         BSR page table over the group's paged cache (views of persistent buffers).
-    plans:      window_left -> the step's plan for layers with that window (-1: none); empty
-                in a cascade step, whose plans are the levels'.
+    plans:      window_left -> the step's plan for layers with that window (-1: none); in a
+                cascade step, the one composed plan.
     attention:  window_left -> the BatchAttention that runs it (empty on a CPU device).
-    cascade:    the two levels of a shared-prefix step, None otherwise.
+    cascade_prefix_len: the shared prefix a cascade step's plan was composed for (0: none).
     """
 
     num_actual_tokens: int
@@ -101,64 +101,7 @@ class FIMetadata(AttentionMetadata):
     kv: BlockSparseKV
     plans: dict[int, Plan]
     attention: dict[int, "BatchAttention"]
-    cascade: "CascadeMetadata | None" = None
-
-
-@dataclass
-class CascadeLevel:
-    """One level of a cascade step, run like a batch of its own.
-
-    qo_indptr:  device int32 [B_level + 1], query rows of each of the level's requests.
-    seq_lens:   device int32 [B_level], exact KV lengths within the level.
-    kv:         the level's BSR page table (views of its persistent buffers).
-    causal:     the level's causal mode (the prefix level is never causal).
-    plan:       the level's plan, made by its own planner.
-    attention:  the BatchAttention that runs it (None on a CPU device).
-    """
-
-    qo_indptr: torch.Tensor
-    seq_lens: torch.Tensor
-    kv: BlockSparseKV
-    causal: bool
-    plan: Plan
-    attention: "BatchAttention | None"
-
-
-@dataclass
-class CascadeMetadata:
-    """A shared-prefix step: every query attends to the `prefix_len` shared tokens (prefix
-    level) and to its own request's later tokens (suffix level); the impl merges the two.
-
-    num_query_tokens: the batch's real query tokens (rows past it are CUDA-graph padding).
-    """
-
-    prefix_len: int
-    num_query_tokens: int
-    prefix: CascadeLevel
-    suffix: CascadeLevel
-
-
-class CascadeLevelBuffers:
-    """Persistent state of one cascade level, allocated once with the builder: its planner
-    (own plan buffer), BSR buffers, device KV lengths and, on a GPU, its BatchAttention (own
-    partial-state workspace)."""
-
-    def __init__(self, planner: Planner, max_requests: int, max_pages: int,
-                 device: torch.device) -> None:
-        self.planner = planner
-        self.bsr = BsrBuffers(max_requests, max_pages, device)
-        self.seq_lens = torch.zeros(max_requests, dtype=torch.int32, device=device)
-        self.attention = None
-        if device.type == "cuda":
-            from fi_backend.attention import BatchAttention
-
-            # Cascade steps always run eagerly (never captured), so the kernel picked per plan
-            # at run time is right for every plan, the decode-only one included.
-            self.attention = BatchAttention(planner, decode_kernel=True)
-
-    def plan(self, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
-             variant: AttentionVariant) -> Plan:
-        return plan_step(self.planner, self.attention, qo_indptr_host, kv_len_host, variant)
+    cascade_prefix_len: int = 0
 
 
 def plan_step(planner: Planner, attention: "BatchAttention | None", qo_indptr_host: np.ndarray,
@@ -268,33 +211,45 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         self.window_lefts = layer_window_lefts(vllm_config, layer_names, kv_cache_spec)
         num_ctas = self._num_ctas(kv_cache_spec.dtype)
 
-        def make_planner(max_requests: int, slack: int) -> Planner:
+        def make_planner(max_requests: int, slack: int, plan_device: torch.device = device,
+                         capacity=None) -> Planner:
             return Planner(
                 max_requests=max_requests,
                 max_batched_tokens=scheduler_config.max_num_batched_tokens,
                 max_model_len=self.max_model_len + slack,
                 num_qo_heads=self.num_qo_heads, num_kv_heads=self.num_kv_heads,
                 head_dim=self.head_dim, page_size=self.page_size, num_ctas=num_ctas,
-                device=device, kv_len_slack=slack)
+                device=plan_device, kv_len_slack=slack, capacity=capacity)
 
         self.planners = {window_left: make_planner(self.max_requests, kv_len_slack)
                          for window_left in self.window_lefts}
         self.attention = self._make_attention()
 
-        # Cascade levels (see the module docstring), allocated only where a step may use them.
-        self.cascade_prefix: CascadeLevelBuffers | None = None
-        self.cascade_prefix_qo_indptr: torch.Tensor | None = None
-        self.cascade_suffix: CascadeLevelBuffers | None = None
+        # Cascade (see the module docstring), allocated only where a step may use them: the
+        # level planners plan on the host only (their plans are composed, never launched);
+        # the composed plan is published through its own planner and run by its own
+        # BatchAttention (own partial-state workspace).
+        self.cascade_prefix: Planner | None = None
+        self.cascade_suffix: Planner | None = None
+        self.cascade_planner: Planner | None = None
+        self.cascade_attention: "BatchAttention | None" = None
         if not cascade_blockers(vllm_config, layer_names, self.window_lefts):
+            host = torch.device("cpu")
             # Prefix level: one request with up to max_num_batched_tokens queries over at most
             # a whole sequence of shared pages; its length is host-known, hence exact.
-            self.cascade_prefix = CascadeLevelBuffers(
-                make_planner(1, 0), 1, self.max_pages_per_req, device)
-            self.cascade_prefix_qo_indptr = torch.zeros(2, dtype=torch.int32, device=device)
+            self.cascade_prefix = make_planner(1, 0, host)
             # Suffix level: the batch's requests over their own pages, bounded as the batch's.
-            self.cascade_suffix = CascadeLevelBuffers(
-                make_planner(self.max_requests, kv_len_slack), self.max_requests,
-                self.max_requests * self.max_pages_per_req, device)
+            self.cascade_suffix = make_planner(self.max_requests, kv_len_slack, host)
+            self.cascade_planner = make_planner(
+                self.max_requests, kv_len_slack,
+                capacity=cascade_capacity(self.cascade_prefix.capacity,
+                                          self.cascade_suffix.capacity))
+            if device.type == "cuda":
+                from fi_backend.attention import BatchAttention
+
+                # Cascade steps run eagerly (never captured), so the kernel picked per plan at
+                # run time is right for every plan.
+                self.cascade_attention = BatchAttention(self.cascade_planner, decode_kernel=True)
 
     @staticmethod
     def _num_qo_heads(vllm_config: "VllmConfig", layer_names: list[str]) -> int:
@@ -347,20 +302,25 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
                                 cam.seq_lens[:num_reqs], self.page_size, out=self.bsr_buffers)
 
         causal = bool(cam.causal)
-        cascade = (self._build_cascade(cam, common_prefix_len, qo_indptr_host, kv_len_host,
-                                       num_columns, causal)
-                   if common_prefix_len > 0 else None)
-        plans = {}
-        if cascade is None:
-            for window_left, planner in self.planners.items():
-                plans[window_left] = plan_step(
-                    planner, self.attention.get(window_left), qo_indptr_host, kv_len_host,
-                    AttentionVariant(causal=causal, window_left=window_left))
+        cascade_plan = (self._build_cascade(common_prefix_len, qo_indptr_host, kv_len_host,
+                                            causal)
+                        if common_prefix_len > 0 else None)
+        attention = self.attention
+        if cascade_plan is not None:
+            plans = {NO_WINDOW: cascade_plan}
+            attention = ({NO_WINDOW: self.cascade_attention}
+                         if self.cascade_attention is not None else {})
+        else:
+            plans = {window_left: plan_step(planner, self.attention.get(window_left),
+                                            qo_indptr_host, kv_len_host,
+                                            AttentionVariant(causal=causal,
+                                                             window_left=window_left))
+                     for window_left, planner in self.planners.items()}
         return FIMetadata(
             num_actual_tokens=cam.num_actual_tokens, num_reqs=num_reqs, causal=causal,
             qo_indptr=cam.query_start_loc, seq_lens=cam.seq_lens[:num_reqs],
-            slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=self.attention,
-            cascade=cascade)
+            slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=attention,
+            cascade_prefix_len=common_prefix_len if cascade_plan is not None else 0)
 
     def use_cascade_attention(self, common_prefix_len: int, query_lens: np.ndarray,
                               num_query_heads: int, num_kv_heads: int, use_alibi: bool,
@@ -379,11 +339,10 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         return cascade_pays_off(common_prefix_len, query_lens,
                                 gqa_group_size(self.num_qo_heads, self.num_kv_heads))
 
-    def _build_cascade(self, cam: CommonAttentionMetadata, prefix_len: int,
-                       qo_indptr_host: np.ndarray, kv_len_host: np.ndarray, num_columns: int,
-                       causal: bool) -> CascadeMetadata | None:
-        """The two levels of a shared-prefix step; None where this step cannot be cascaded
-        (more query tokens than prefix tokens, or no cascade levels in this group), which
+    def _build_cascade(self, prefix_len: int, qo_indptr_host: np.ndarray,
+                       kv_len_host: np.ndarray, causal: bool) -> Plan | None:
+        """The composed plan of a shared-prefix step; None where this step cannot be
+        cascaded (more query tokens than prefix tokens, or no cascade in this group), which
         build() then plans as one level, always correct."""
         if prefix_len % self.page_size != 0:
             raise ValueError(f"common_prefix_len {prefix_len} is not allowed: only whole pages "
@@ -401,37 +360,20 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
                 f"common_prefix_len {prefix_len} reaches into the queries of request {b} "
                 f"(at most {int(context_len_host[b])} tokens precede them); the shared prefix "
                 "must end before every request's first query")
-        num_reqs = cam.num_reqs
-        prefix_pages = prefix_len // self.page_size
-        block_table = cam.block_table_tensor[:num_reqs, :num_columns]
-        prefix, suffix = self.cascade_prefix, self.cascade_suffix
-
-        # Prefix level: all query tokens as one request over request 0's first pages (those
-        # every request shares), no mask: every query sits after the prefix.
-        self.cascade_prefix_qo_indptr[1:].fill_(num_query_tokens)
-        prefix_seq_lens = prefix.seq_lens[:1].fill_(prefix_len)
-        prefix_kv = block_table_to_bsr(block_table[:1, :prefix_pages], prefix_seq_lens,
-                                       self.page_size, out=prefix.bsr)
-        prefix_plan = prefix.plan(np.array([0, num_query_tokens], dtype=np.int32),
-                                  np.array([prefix_len], dtype=np.int32),
-                                  AttentionVariant(causal=False))
-
-        # Suffix level: each request over its pages after the prefix. Queries and keys both
-        # lose prefix_len positions, so the batch's causal mask holds unchanged. Requests
-        # without KV (CUDA-graph padding) stay empty.
-        suffix_seq_lens = torch.sub(cam.seq_lens[:num_reqs], prefix_len,
-                                    out=suffix.seq_lens[:num_reqs]).clamp_(min=0)
-        suffix_kv = block_table_to_bsr(block_table[:, prefix_pages:], suffix_seq_lens,
-                                       self.page_size, out=suffix.bsr)
-        suffix_plan = suffix.plan(qo_indptr_host,
-                                  np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
-                                  AttentionVariant(causal=causal))
-        return CascadeMetadata(
-            prefix_len=prefix_len, num_query_tokens=num_query_tokens,
-            prefix=CascadeLevel(self.cascade_prefix_qo_indptr, prefix_seq_lens, prefix_kv,
-                                False, prefix_plan, prefix.attention),
-            suffix=CascadeLevel(cam.query_start_loc, suffix_seq_lens, suffix_kv, causal,
-                                suffix_plan, suffix.attention))
+        # Prefix level: all query tokens as one request over the shared pages, no mask: every
+        # query sits after the prefix. Suffix level: each request over its keys after the
+        # prefix (queries and keys both lose prefix_len positions, so the batch's causal mask
+        # holds unchanged; requests without KV, CUDA-graph padding, stay empty).
+        prefix_plan = self.cascade_prefix.plan(
+            np.array([0, num_query_tokens], dtype=np.int32),
+            np.array([prefix_len], dtype=np.int32), AttentionVariant(causal=False))
+        suffix_plan = self.cascade_suffix.plan(
+            qo_indptr_host, np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
+            AttentionVariant(causal=causal))
+        composed = compose_cascade_plan(
+            prefix_plan, suffix_plan, qo_indptr_host, prefix_len,
+            tile_tokens(gqa_group_size(self.num_qo_heads, self.num_kv_heads)))
+        return self.cascade_planner.publish(composed)
 
     @staticmethod
     def _kv_len_upper_bounds(cam: CommonAttentionMetadata) -> np.ndarray:
