@@ -73,10 +73,11 @@ MIN_CASCADE_REQUESTS = 8
 """Fewer requests re-read the prefix too few times for cascade to pay off."""
 CASCADE_ENV = "FI_BACKEND_CASCADE"
 """Set to 1 to let vLLM cascade steps of this backend. Off by default: a cascade step runs its
-attention eagerly between piecewise graphs and is bound by the host CPU. End to end
-(fi-bench e2e --cascade, H100, Llama-3-8B, 64 decodes sharing 8192 tokens) our cascade steps
-took 20-28 ms per token depending on the host's CPU, against 17.5 ms for the same workload
-planned as one level in full CUDA graphs (benchmarks/NOTES.md)."""
+attention eagerly between piecewise graphs. End to end (fi-bench e2e --cascade, H100,
+Llama-3-8B, 64 decodes sharing 8192 tokens) the two-level cascade (two launches and a merge
+per layer) took 20-28 ms per token depending on the host's CPU, against 17.5 ms for the same
+workload planned as one level in full CUDA graphs; the composed one-plan cascade is not
+measured yet (benchmarks/NOTES.md)."""
 
 
 @dataclass
