@@ -68,29 +68,36 @@ class ComposedPlan:
 
 
 def _tile_slots(plan, slot_offset: int, next_slot: int):
-    """(request, kv_head, q_start) -> (first slot, number of slots, q_len) of every query tile
-    of `plan`, numbered from slot_offset for its split tiles; whole tiles get one new slot
-    each, numbered from next_slot. Returns (tiles, slot of each work item, next free slot)."""
-    work = {name: plan.section(name) for name in WORK_FIELDS}
-    item_slot = np.empty(plan.num_work_items, dtype=np.int64)
-    tiles: dict[tuple[int, int, int], tuple[int, int, int]] = {}
-    for i in range(plan.num_work_items):
-        key = (int(work["work_request"][i]), int(work["work_kv_head"][i]),
-               int(work["work_q_start"][i]))
-        slot = int(work["work_partial_slot"][i])
-        if slot < 0:
-            item_slot[i] = next_slot
-            tiles[key] = (next_slot, 1, int(work["work_q_len"][i]))
-            next_slot += 1
-        else:
-            item_slot[i] = slot + slot_offset
-    merge = {name: plan.section(name) for name in MERGE_FIELDS}
-    for m in range(plan.num_merge_items):
-        key = (int(merge["merge_request"][m]), int(merge["merge_kv_head"][m]),
-               int(merge["merge_q_start"][m]))
-        tiles[key] = (int(merge["merge_slot_start"][m]) + slot_offset,
-                      int(merge["merge_num_slots"][m]), int(merge["merge_q_len"][m]))
-    return tiles, item_slot, next_slot
+    """Partial slots of `plan`'s items and tiles: its split pieces keep their slots shifted by
+    `slot_offset`, its whole tiles get one new slot each, numbered from `next_slot` in item
+    order. Returns (slot of each work item, the tiles as a dict of int64 arrays `kv_head`,
+    `request`, `q_start`, `q_len`, `slot_start`, `num_slots` (whole tiles, then split ones),
+    next free slot)."""
+    slot = plan.section("work_partial_slot").astype(np.int64)
+    whole = slot < 0
+    num_whole = int(whole.sum())
+    item_slot = slot + slot_offset
+    item_slot[whole] = next_slot + np.arange(num_whole)
+    m = plan.num_merge_items
+
+    def both(work_field: str, merge_field: str) -> np.ndarray:
+        return np.concatenate([plan.section(work_field)[whole],
+                               plan.section(merge_field)[:m]]).astype(np.int64)
+
+    tiles = {"request": both("work_request", "merge_request"),
+             "kv_head": both("work_kv_head", "merge_kv_head"),
+             "q_start": both("work_q_start", "merge_q_start"),
+             "q_len": both("work_q_len", "merge_q_len"),
+             "slot_start": np.concatenate([item_slot[whole],
+                                           plan.section("merge_slot_start")[:m] + slot_offset]),
+             "num_slots": np.concatenate([np.ones(num_whole, dtype=np.int64),
+                                          plan.section("merge_num_slots")[:m]])}
+    return item_slot, tiles, next_slot + num_whole
+
+
+def _cta_of_items(plan) -> np.ndarray:
+    indptr = plan.section("cta_work_indptr").astype(np.int64)
+    return np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
 
 
 def compose_cascade_plan(prefix_plan, suffix_plan, qo_indptr_host: np.ndarray,
@@ -102,7 +109,10 @@ def compose_cascade_plan(prefix_plan, suffix_plan, qo_indptr_host: np.ndarray,
         after the prefix, as causal as the batch), both from planners with the same num_ctas
         and GQA group; qo_indptr_host: the batch's int32 [B + 1] query offsets (exact);
         tile_tokens: query tokens per tile (plan_layout.tile_tokens of the group), which
-        aligns the prefix level's tiles at multiples of it."""
+        aligns the prefix level's tiles at multiples of it.
+
+    Array operations throughout (no loop over items): the builder composes a plan on the host
+    every cascade step, for batches of hundreds of requests."""
     if prefix_plan.group_size != suffix_plan.group_size or \
             prefix_plan.num_ctas != suffix_plan.num_ctas:
         raise ValueError("the level plans must share the GQA group and the CTA count")
@@ -111,62 +121,75 @@ def compose_cascade_plan(prefix_plan, suffix_plan, qo_indptr_host: np.ndarray,
 
     # Slots: the prefix level's split pieces keep theirs, its whole tiles follow, then the
     # suffix level's split pieces (shifted) and whole tiles: one slot per work item.
-    prefix_tiles, prefix_item_slot, next_slot = _tile_slots(
+    prefix_item_slot, prefix_tiles, next_slot = _tile_slots(
         prefix_plan, 0, prefix_plan.num_partial_slots)
     suffix_offset = next_slot
-    suffix_tiles, suffix_item_slot, next_slot = _tile_slots(
+    suffix_item_slot, suffix_tiles, next_slot = _tile_slots(
         suffix_plan, suffix_offset, suffix_offset + suffix_plan.num_partial_slots)
 
-    # Work items, CTA by CTA: the prefix level's, then the suffix level's.
-    work_out = {name: [] for name in WORK_FIELDS}
-    cta_counts = np.zeros(num_ctas, dtype=np.int64)
-    prefix_indptr = prefix_plan.section("cta_work_indptr")
-    suffix_indptr = suffix_plan.section("cta_work_indptr")
-    prefix_work = {name: prefix_plan.section(name) for name in WORK_FIELDS}
-    suffix_work = {name: suffix_plan.section(name) for name in WORK_FIELDS}
-    for c in range(num_ctas):
-        for i in range(int(prefix_indptr[c]), int(prefix_indptr[c + 1])):
-            work_out["work_request"].append(0)
-            work_out["work_kv_head"].append(int(prefix_work["work_kv_head"][i]))
-            work_out["work_q_start"].append(int(prefix_work["work_q_start"][i]))
-            work_out["work_q_len"].append(int(prefix_work["work_q_len"][i]))
-            work_out["work_kv_start"].append(int(prefix_work["work_kv_start"][i]))
-            work_out["work_kv_end"].append(int(prefix_work["work_kv_end"][i]))
-            work_out["work_partial_slot"].append(int(prefix_item_slot[i]))
-        for i in range(int(suffix_indptr[c]), int(suffix_indptr[c + 1])):
-            for name in ("work_request", "work_kv_head", "work_q_start", "work_q_len"):
-                work_out[name].append(int(suffix_work[name][i]))
-            work_out["work_kv_start"].append(int(suffix_work["work_kv_start"][i]) + prefix_len)
-            work_out["work_kv_end"].append(int(suffix_work["work_kv_end"][i]) + prefix_len)
-            work_out["work_partial_slot"].append(int(suffix_item_slot[i]))
-        cta_counts[c] = (prefix_indptr[c + 1] - prefix_indptr[c]
-                         + suffix_indptr[c + 1] - suffix_indptr[c])
+    # Work items, CTA by CTA: the prefix level's, then the suffix level's (a stable sort by
+    # CTA of both levels' items, prefix items first, keeps each level's order within a CTA).
+    np_items, ns_items = prefix_plan.num_work_items, suffix_plan.num_work_items
+    cta = np.concatenate([_cta_of_items(prefix_plan), _cta_of_items(suffix_plan)])
+    order = np.argsort(cta, kind="stable")
 
-    # Merge items: each suffix tile's tokens, cut where a prefix tile ends.
-    merge_out = {name: [] for name in MERGE_FIELDS}
-    for (request, kv_head, q_start), (slot_start, num_slots, q_len) in sorted(
-            suffix_tiles.items()):
-        first_token = int(qo[request]) + q_start
-        token = first_token
-        while token < first_token + q_len:
-            prefix_q_start = token // tile_tokens * tile_tokens
-            end = min(first_token + q_len, prefix_q_start + tile_tokens)
-            extra_start, extra_num, _ = prefix_tiles[(0, kv_head, prefix_q_start)]
-            values = {"merge_request": request, "merge_kv_head": kv_head,
-                      "merge_q_start": q_start + token - first_token,
-                      "merge_q_len": end - token, "merge_slot_start": slot_start,
-                      "merge_num_slots": num_slots,
-                      "merge_slot_row": (token - first_token) * group,
-                      "merge_extra_slot_start": extra_start,
-                      "merge_extra_num_slots": extra_num,
-                      "merge_extra_slot_row": (token - prefix_q_start) * group}
-            for name, value in values.items():
-                merge_out[name].append(value)
-            token = end
+    def work(name: str, prefix_values=None, suffix_shift: int = 0) -> np.ndarray:
+        prefix = (prefix_plan.section(name)[:np_items] if prefix_values is None
+                  else prefix_values)
+        suffix = suffix_plan.section(name)[:ns_items].astype(np.int64) + suffix_shift
+        return np.concatenate([prefix, suffix])[order].astype(np.int32)
 
-    num_work_items = len(work_out["work_request"])
-    num_merge_items = len(merge_out["merge_request"])
-    max_merge_rows = max((q * group for q in merge_out["merge_q_len"]), default=0)
+    work_out = {
+        "work_request": work("work_request", np.zeros(np_items, dtype=np.int64)),
+        "work_kv_head": work("work_kv_head"), "work_q_start": work("work_q_start"),
+        "work_q_len": work("work_q_len"),
+        "work_kv_start": work("work_kv_start", suffix_shift=prefix_len),
+        "work_kv_end": work("work_kv_end", suffix_shift=prefix_len),
+        "work_partial_slot": np.concatenate([prefix_item_slot,
+                                             suffix_item_slot])[order].astype(np.int32)}
+    cta_counts = np.bincount(cta, minlength=num_ctas)
+
+    # Prefix tiles by (KV head, q_start // tile_tokens): they start at multiples of it.
+    num_prefix_tiles = -(-int(qo[-1]) // tile_tokens)
+    prefix_index = prefix_tiles["kv_head"] * num_prefix_tiles + \
+        prefix_tiles["q_start"] // tile_tokens
+    extra_start = np.zeros(max(1, int(prefix_index.max(initial=0)) + 1), dtype=np.int64)
+    extra_num = np.zeros_like(extra_start)
+    extra_start[prefix_index] = prefix_tiles["slot_start"]
+    extra_num[prefix_index] = prefix_tiles["num_slots"]
+
+    # Merge items: each suffix tile's tokens (in (request, KV head, q_start) order), cut where
+    # a prefix tile ends: a tile holds at most tile_tokens tokens, so it has one or two parts.
+    tile_order = np.lexsort((suffix_tiles["q_start"], suffix_tiles["kv_head"],
+                             suffix_tiles["request"]))
+    tiles = {name: values[tile_order] for name, values in suffix_tiles.items()}
+    first_token = qo[tiles["request"]] + tiles["q_start"]
+    end_token = first_token + tiles["q_len"]
+    first_prefix_tile = first_token // tile_tokens
+    num_parts = (end_token - 1) // tile_tokens - first_prefix_tile + 1
+    tile_of_part = np.repeat(np.arange(len(first_token)), num_parts)
+    part = np.arange(len(tile_of_part)) - np.repeat(np.cumsum(num_parts) - num_parts, num_parts)
+    prefix_q_start = (first_prefix_tile[tile_of_part] + part) * tile_tokens
+    token = np.maximum(first_token[tile_of_part], prefix_q_start)
+    end = np.minimum(end_token[tile_of_part], prefix_q_start + tile_tokens)
+    offset_in_tile = token - first_token[tile_of_part]
+    kv_head = tiles["kv_head"][tile_of_part]
+    extra = kv_head * num_prefix_tiles + prefix_q_start // tile_tokens
+    merge_out = {
+        "merge_request": tiles["request"][tile_of_part],
+        "merge_kv_head": kv_head,
+        "merge_q_start": tiles["q_start"][tile_of_part] + offset_in_tile,
+        "merge_q_len": end - token,
+        "merge_slot_start": tiles["slot_start"][tile_of_part],
+        "merge_num_slots": tiles["num_slots"][tile_of_part],
+        "merge_slot_row": offset_in_tile * group,
+        "merge_extra_slot_start": extra_start[extra],
+        "merge_extra_num_slots": extra_num[extra],
+        "merge_extra_slot_row": (token - prefix_q_start) * group}
+
+    num_work_items = np_items + ns_items
+    num_merge_items = len(tile_of_part)
+    max_merge_rows = int(merge_out["merge_q_len"].max(initial=0)) * group
     sections = {
         "header": np.array([num_work_items, num_merge_items, num_ctas, next_slot,
                             max_merge_rows], dtype=np.int32),
