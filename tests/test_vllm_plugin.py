@@ -59,7 +59,12 @@ from fi_backend.metadata.executor import execute_plan_reference  # noqa: E402
 from fi_backend.variants import AttentionVariant  # noqa: E402
 from fi_backend.vllm import selection  # noqa: E402
 from fi_backend.vllm.backend import FIBackend  # noqa: E402
-from fi_backend.vllm.builder import CASCADE_ENV, NO_WINDOW, FIMetadataBuilder  # noqa: E402
+from fi_backend.vllm.builder import (  # noqa: E402
+    CASCADE_ENV,
+    NO_WINDOW,
+    SHARED_PREFIX_ENV,
+    FIMetadataBuilder,
+)
 from fi_backend.vllm.impl import FIAttentionImpl  # noqa: E402
 from fi_backend.vllm.plugin import BACKEND_CLASS_PATH, register  # noqa: E402
 
@@ -402,7 +407,8 @@ class Batch:
 
 
 def check_metadata(builder: FIMetadataBuilder, batch: Batch, metadata, seed: int = 1):
-    """The BSR equals the block table's; every plan, executed, equals the oracle."""
+    """The BSR equals the block table's; every plan, as the device holds it (a composed
+    cascade plan where the device adopted one), executed, equals the oracle."""
     indptr, indices, last = batch.expected_bsr()
     assert metadata.kv.indptr.tolist() == indptr
     assert metadata.kv.indices[:indptr[-1]].tolist() == indices
@@ -417,6 +423,7 @@ def check_metadata(builder: FIMetadataBuilder, batch: Batch, metadata, seed: int
     real = int(batch.qo_indptr[-1])
     assert set(metadata.plans) == set(builder.window_lefts)
     for window_left, plan in metadata.plans.items():
+        plan = plan.as_on_device()
         variant = AttentionVariant(causal=True, window_left=window_left,
                                    logits_soft_cap=30.0 if window_left >= 0 else 0.0)
         o, lse = execute_plan_reference(plan, q, metadata.qo_indptr, kv, variant,
@@ -547,7 +554,8 @@ def _to_cpu(kv):
 
 
 # --------------------------------------------------------------------------------------
-# Cascade attention (shared prefix): the prefix level and the suffix level, merged.
+# Cascade attention (shared prefix): the prefix level and the suffix level composed into one
+# plan, from a prefix that vLLM announces or that the device finds.
 
 
 @pytest.fixture
@@ -565,7 +573,7 @@ def cascade_config(monkeypatch) -> VllmConfig:
 
 def cascade_builder(config: VllmConfig, page_size: int = 16, device: str = "cpu"):
     builder = FIMetadataBuilder(spec(page_size), [], config, torch.device(device))
-    assert builder.cascade_prefix is not None and builder.cascade_suffix is not None
+    assert builder.cascade is not None
     return builder
 
 
@@ -599,30 +607,35 @@ def test_use_cascade_attention_decisions(cascade_config, common_prefix_len, quer
     assert ask_cascade(builder, common_prefix_len, query_lens, **flags) is expected
 
 
-def test_cascade_levels_exist_only_where_vllm_may_ask_for_them(cascade_config, monkeypatch):
-    """No planners, buffers or workspaces for cascade where no step can use it."""
+def test_cascade_planning_exists_only_where_a_step_may_cascade(cascade_config, monkeypatch):
+    """No planners, buffers or workspaces for cascade where no step can use it; vLLM asks
+    only where it may announce a prefix."""
     from vllm.model_executor.layers.attention import Attention
 
-    def levels(config, kv_spec, layer_names=()):
+    def cascade(config, kv_spec, layer_names=()):
         builder = FIMetadataBuilder(kv_spec, list(layer_names), config, torch.device("cpu"))
-        return builder.cascade_prefix, ask_cascade(builder, 1024, [1] * 64)
+        return builder.cascade is not None, ask_cascade(builder, 1024, [1] * 64)
 
-    assert levels(engine_config(), spec()) == (None, False)  # vLLM's default: cascade off
-    assert levels(cascade_config, spec(16, sliding_window=64)) == (None, False)
+    # vLLM's default (V2 runner, cascade off): prefixes the device finds only.
+    assert cascade(engine_config(), spec()) == (True, False)
+    assert cascade(cascade_config, spec(16, sliding_window=64)) == (False, False)
     # Real vLLM layers with sinks: a sink may enter the softmax only once, after the merge.
     names = [f"model.layers.{i}.self_attn.attn" for i in range(2)]
     with set_current_vllm_config(cascade_config):
         for name in names:
             Attention(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS, prefix=name,
                       attn_backend=FIBackend, sinks=torch.zeros(NUM_QO_HEADS))
-    assert levels(cascade_config, spec(), names) == (None, False)
-    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # the V2 runner never cascades
-    assert levels(cascade_config, spec()) == (None, False)
-    # vLLM opted in, fi_backend not (its default): one-level plans only.
+    assert cascade(cascade_config, spec(), names) == (False, False)
+    assert cascade(cascade_config, spec()) == (True, True)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # the V2 runner never announces
+    assert cascade(cascade_config, spec()) == (True, False)
+    # vLLM opted in, fi_backend not (its default): vLLM is not asked.
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
-    assert levels(cascade_config, spec())[1] is True
     monkeypatch.delenv(CASCADE_ENV)
-    assert levels(cascade_config, spec()) == (None, False)
+    assert cascade(cascade_config, spec()) == (True, False)
+    monkeypatch.setenv(SHARED_PREFIX_ENV, "0")
+    assert cascade(cascade_config, spec()) == (False, False)
+    assert cascade(engine_config(), spec()) == (False, False)
 
 
 SHARED_PREFIX_BATCHES = {
@@ -655,7 +668,7 @@ def check_cascade_metadata(batch: Batch, prefix_len: int, metadata, seed: int = 
     equals the oracle over the whole sequences."""
     real = int(batch.qo_indptr[-1])
     assert metadata.cascade_prefix_len == prefix_len and list(metadata.plans) == [NO_WINDOW]
-    plan = metadata.plans[NO_WINDOW]
+    plan = metadata.plans[NO_WINDOW].as_on_device()
     request, kv_start, kv_end = (plan.section(name) for name in (
         "work_request", "work_kv_start", "work_kv_end"))
     prefix_items = kv_end <= prefix_len
@@ -714,6 +727,7 @@ def test_cascade_with_kv_length_upper_bounds(monkeypatch):
 
 def test_cascade_and_plain_steps_alternate_on_persistent_buffers(cascade_config):
     builder = cascade_builder(cascade_config)
+    live_buffer = builder.planners[NO_WINDOW].buffer
     first_len, first = shared_prefix_batch("decode", 16)
     second_len, second = shared_prefix_batch("spec_and_prefill", 16, seed=2)
     a = builder.build(first_len, first.common_attn_metadata())
@@ -722,13 +736,10 @@ def test_cascade_and_plain_steps_alternate_on_persistent_buffers(cascade_config)
     check_metadata(builder, plain, builder.build(0, plain.common_attn_metadata()))
     b = builder.build(second_len, second.common_attn_metadata())
     check_cascade_metadata(second, second_len, b)
-
-    # Composed plans live in the cascade planner's buffer, apart from the plain plans', so a
-    # graph captured on a plain plan stays valid.
-    cascade_buffer = builder.cascade_planner.buffer.data_ptr()
-    assert a.plans[NO_WINDOW].buffer.data_ptr() == cascade_buffer
-    assert b.plans[NO_WINDOW].buffer.data_ptr() == cascade_buffer
-    assert builder.planners[NO_WINDOW].buffer.data_ptr() != cascade_buffer
+    # Every step's plan, composed or not, is in the live buffer: a CUDA graph captured on any
+    # step replays every later one.
+    for metadata in (a, b):
+        assert metadata.plans[NO_WINDOW].buffer is live_buffer
 
 
 def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(cascade_config):
@@ -741,18 +752,45 @@ def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(ca
     check_metadata(builder, batch, metadata)
 
 
-@pytest.mark.parametrize("common_prefix_len, message", [
-    (264, "common_prefix_len 264 is not allowed: only whole pages are shared, it must be a "
-          "multiple of the page size 16"),
-    (528, "common_prefix_len 528 reaches into the queries of request 0 (at most 512 tokens "
-          "precede them)"),
+@pytest.mark.parametrize("common_prefix_len, composed_len", [
+    (264, 256),  # not whole pages: the whole pages within it
+    (528, 512),  # reaches into request 0's queries: the tokens before them
 ])
-def test_build_refuses_an_impossible_common_prefix(cascade_config, common_prefix_len, message):
+def test_build_cuts_an_impossible_common_prefix_to_what_the_batch_allows(
+        cascade_config, common_prefix_len, composed_len):
     builder = cascade_builder(cascade_config)
     _, batch = shared_prefix_batch("decode", 16)
-    with pytest.raises(ValueError) as error:
-        builder.build(common_prefix_len, batch.common_attn_metadata())
-    assert message in str(error.value)
+    metadata = builder.build(common_prefix_len, batch.common_attn_metadata())
+    check_cascade_metadata(batch, composed_len, metadata)
+
+
+def test_prefix_found_on_the_device_cascades_the_next_steps(monkeypatch):
+    """vLLM's default runner announces nothing: the step after one whose requests shared
+    their pages is composed for that prefix and adopted; a step that no longer shares it
+    keeps its plain plan (the host composed for a stale guess), and the one after it is not
+    composed at all."""
+    monkeypatch.delenv(CASCADE_ENV, raising=False)
+    builder = cascade_builder(engine_config())
+    prefix_len, batch = shared_prefix_batch("decode", 16)
+    first = builder.build(0, batch.common_attn_metadata())
+    assert first.cascade_prefix_len == 0  # nothing measured yet
+    check_metadata(builder, batch, first)
+    second = builder.build(0, batch.common_attn_metadata())
+    check_cascade_metadata(batch, prefix_len, second)
+
+    # Same shapes, no shared pages: the guess is stale, the device refuses it.
+    unshared = Batch(q_lens=SHARED_PREFIX_BATCHES["decode"][1]["q_lens"],
+                     kv_lens=SHARED_PREFIX_BATCHES["decode"][1]["kv_lens"], page_size=16,
+                     seed=7)
+    third = builder.build(0, unshared.common_attn_metadata())
+    assert third.cascade_prefix_len == prefix_len
+    on_device = third.plans[NO_WINDOW].as_on_device()
+    assert (on_device.section("work_kv_start") == third.plans[NO_WINDOW].section(
+        "work_kv_start")).all()  # the plain plan
+    check_metadata(builder, unshared, third)
+    fourth = builder.build(0, unshared.common_attn_metadata())
+    assert fourth.cascade_prefix_len == 0
+    check_metadata(builder, unshared, fourth)
 
 
 @pytest.mark.gpu
@@ -760,6 +798,9 @@ def test_build_refuses_an_impossible_common_prefix(cascade_config, common_prefix
 @pytest.mark.parametrize("batch_name", SHARED_PREFIX_BATCHES)
 def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, batch_name,
                                                               soft_cap):
+    """One step three times: plain (nothing measured yet), cascaded for vLLM's announced
+    prefix, cascaded for the prefix the device found. Each runs eagerly and by replaying a CUDA
+    graph captured on the first (plain) step: the composed plans live in the same buffer."""
     device = torch.device("cuda")
     generator = torch.Generator().manual_seed(5)
     builder = cascade_builder(cascade_config, 16, "cuda")
@@ -775,13 +816,20 @@ def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, ba
                        for heads in (NUM_KV_HEADS, NUM_KV_HEADS, NUM_QO_HEADS))
     impl.do_kv_cache_update(None, k_new, v_new, kv_cache, cam.slot_mapping)
 
-    outputs = {}
-    for common_prefix_len in (prefix_len, 0):  # the cascade step, then the same step plain
-        metadata = builder.build(common_prefix_len, cam)
-        assert metadata.cascade_prefix_len == common_prefix_len
+    graph, graph_output = None, torch.empty_like(q)
+    outputs = []
+    for announced, composed_for in ((0, 0), (prefix_len, prefix_len), (0, prefix_len)):
+        metadata = builder.build(announced, cam)
+        assert metadata.cascade_prefix_len == composed_for
         output = torch.full_like(q, float("nan"))
         impl.forward(None, q, k_new, v_new, kv_cache, metadata, output)
-        outputs[common_prefix_len] = output.float().cpu()
+        if graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                impl.forward(None, q, k_new, v_new, kv_cache, metadata, graph_output)
+        graph_output.fill_(float("nan"))
+        graph.replay()
+        outputs.append((output.float().cpu(), graph_output.float().cpu()))
 
     k_view, v_view = kv_cache.permute(0, 2, 1, 3).split(HEAD_DIM, dim=-1)
     kv = metadata.kv.with_cache(k_view.float(), v_view.float())
@@ -789,10 +837,11 @@ def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, ba
     real = int(batch.qo_indptr[-1])
     o_ref, _ = reference.batch_attention(q[:real].float().cpu(), batch.qo_indptr, _to_cpu(kv),
                                          variant)
-    cascade, plain = outputs[prefix_len], outputs[0]
-    for output in (cascade, plain):
-        assert (output[:real] - o_ref).norm() / o_ref.norm() < 1e-2
-        assert torch.isnan(output[real:]).all()  # padding rows are left untouched
-    assert (cascade[:real] - plain[:real]).norm() / plain[:real].norm() < 1e-2
+    plain = outputs[0][0]
+    for step in outputs:
+        for output in step:
+            assert (output[:real] - o_ref).norm() / o_ref.norm() < 1e-2
+            assert torch.isnan(output[real:]).all()  # padding rows are left untouched
+            assert (output[:real] - plain[:real]).norm() / plain[:real].norm() < 1e-2
 
 

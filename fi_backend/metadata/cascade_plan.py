@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fi_backend.metadata.plan_layout import MERGE_FIELDS, WORK_FIELDS, PlanCapacity
+from fi_backend.metadata.plan_layout import PlanCapacity
 
 __all__ = ["ComposedPlan", "cascade_capacity", "compose_cascade_plan"]
 

@@ -199,6 +199,15 @@ class Plan:
         start = self.layout.offsets[name]
         return self._staging[start:start + used]
 
+    def as_on_device(self) -> "Plan":
+        """The plan the device buffer holds now, read back (synchronizes; for tests and
+        debugging): after a device-side adoption (metadata/shared_prefix.py) it is the
+        composed cascade plan, not the one this host object describes."""
+        values = self.buffer.cpu().numpy()
+        header = values[self.layout.offsets["header"]:]
+        return Plan(self.buffer, self.layout, self.group_size, int(header[0]), int(header[1]),
+                    int(header[3]), values)
+
 
 def cta_costs(plan: Plan, cost_model: CostModel) -> np.ndarray:
     """float64 [num_ctas]: the estimated cost of each CTA's work items."""

@@ -18,17 +18,18 @@ the same fixed grids and reads only fixed buffers, a graph captured for any batc
 correctly for any other within the capacities: `AttentionCGSupport.ALWAYS` (full graphs for
 decode, prefill and mixed batches).
 
-Cascade (shared prefix, FlashInfer paper section 3.1): when vLLM's V1 runner finds that all
-requests share their first `common_prefix_len` tokens and `use_cascade_attention` agrees,
-build() plans the step as two levels on the host (the prefix level: every query token as one
-request over the shared pages, non-causal; the suffix level: each request over its own later
-pages) and composes them into ONE plan over the batch's own page table
-(fi_backend/metadata/cascade_plan.py): prefix items read the shared pages once per query tile
-of the whole batch, suffix items each request's own, and the plan's merge folds both. Layers
-run it as any step: one attention launch and one merge. Cascade steps never run inside a
-CUDA graph (the runner excludes FULL graphs for them, `use_cascade_attn` -> `disable_full`,
-and `build_for_cudagraph_capture` builds with `common_prefix_len=0`); the composed plan has
-its own buffer, so graphs captured on the plain plans stay valid.
+Cascade (shared prefix, FlashInfer paper section 3.1): when all requests of a step share
+their first pages, build() also plans the step as two levels on the host (the prefix level:
+every query token as one request over the shared pages, non-causal; the suffix level: each
+request over its own later pages) and composes them into ONE plan over the batch's own page
+table (fi_backend/metadata/cascade_plan.py): prefix items read the shared pages once per query
+tile of the whole batch, suffix items each request's own, and the plan's merge folds both.
+Layers run it as any step: one attention launch and one merge. The prefix comes from vLLM
+where its V1 runner announces one (`common_prefix_len`, opt-in: CASCADE_ENV), else from the
+device (metadata/shared_prefix.py): the host guesses it from an earlier step's measurement,
+and the device swaps the composed plan into the live plan buffer only if this step's page
+table shares that prefix. The live buffer never moves, so cascade steps run in the same full
+CUDA graphs as any other.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ from vllm.v1.attention.backend import (
 )
 
 from fi_backend.metadata.block_sparse import BlockSparseKV, BsrBuffers, block_table_to_bsr
-from fi_backend.metadata.cascade_plan import cascade_capacity, compose_cascade_plan
-from fi_backend.metadata.plan_layout import gqa_group_size, tile_tokens
+from fi_backend.metadata.cascade_plan import compose_cascade_plan
+from fi_backend.metadata.plan_layout import (MAX_TILE_ROWS, PlanCapacity, gqa_group_size,
+                                             tile_tokens)
 from fi_backend.metadata.planner import Plan, Planner
+from fi_backend.metadata.shared_prefix import SharedPrefixProbe
 from fi_backend.variants import AttentionVariant
 
 if TYPE_CHECKING:
@@ -72,12 +75,18 @@ merge per layer (FlashAttention's backend in vLLM uses the same threshold)."""
 MIN_CASCADE_REQUESTS = 8
 """Fewer requests re-read the prefix too few times for cascade to pay off."""
 CASCADE_ENV = "FI_BACKEND_CASCADE"
-"""Set to 1 to let vLLM cascade steps of this backend. Off by default: a cascade step runs its
-attention eagerly between piecewise graphs. End to end (fi-bench e2e --cascade, H100,
-Llama-3-8B, 64 decodes sharing 8192 tokens) the two-level cascade (two launches and a merge
-per layer) took 20-28 ms per token depending on the host's CPU, against 17.5 ms for the same
-workload planned as one level in full CUDA graphs; the composed one-plan cascade is not
-measured yet (benchmarks/NOTES.md)."""
+"""Set to 1 to let vLLM's V1 runner announce shared prefixes to this backend. Off by default:
+vLLM runs the steps it cascades eagerly between piecewise graphs (CPU-bound end to end, see
+benchmarks/NOTES.md), while the prefixes the device finds (SHARED_PREFIX_ENV) cascade inside
+full CUDA graphs."""
+SHARED_PREFIX_ENV = "FI_BACKEND_SHARED_PREFIX"
+"""Set to 0 to never cascade the steps whose shared prefix the device finds
+(metadata/shared_prefix.py); on by default."""
+CASCADE_WORKSPACE_BYTES = 128 << 20
+"""Partial-state workspace that cascade steps may use. Every work item of a composed plan
+writes a float32 partial state of MAX_TILE_ROWS rows (the merge folds the prefix's into each
+request's), so a cascade step needs one slot per item: 64 decodes over 8 KV heads, about 650
+slots (41 MB at head_dim 128). Steps whose composed plan needs more run without cascade."""
 
 
 @dataclass
@@ -87,10 +96,12 @@ class FIMetadata(AttentionMetadata):
     qo_indptr:  device int32 [B + 1], vLLM's `query_start_loc` (exact).
     seq_lens:   device int32 [B], exact KV lengths including this step's tokens.
     kv:         BSR page table over the group's paged cache (views of persistent buffers).
-    plans:      window_left -> the step's plan for layers with that window (-1: none); in a
-                cascade step, the one composed plan.
+    plans:      window_left -> the step's plan for layers with that window (-1: none). Its
+                device buffer holds the composed cascade plan instead where the device
+                adopted one (see the module docstring).
     attention:  window_left -> the BatchAttention that runs it (empty on a CPU device).
-    cascade_prefix_len: the shared prefix a cascade step's plan was composed for (0: none).
+    cascade_prefix_len: the shared prefix (tokens) a cascade plan was composed for this step
+                (0: none); the device adopted it if every request shares that prefix.
     """
 
     num_actual_tokens: int
@@ -154,22 +165,13 @@ def layer_window_lefts(vllm_config: "VllmConfig", layer_names: list[str],
     return tuple(sorted(windows))
 
 
-def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
-                     window_lefts: tuple[int, ...]) -> list[str]:
-    """Why this group's steps can never be cascaded (empty list: they may be).
-
-    vLLM 0.26 asks for cascade only in its V1 runner and only when the user opted in
-    (`disable_cascade_attn=False`); fi_backend takes part only with CASCADE_ENV=1 (see there
-    why). Sliding windows, ALiBi and sinks are excluded: a window
-    or an ALiBi bias depends on the query's position, which the prefix level (all queries as
-    one request) does not keep, and a sink must enter the softmax once, after the merge."""
+def layer_cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
+                           window_lefts: tuple[int, ...]) -> list[str]:
+    """Why no step of this group can be cascaded, whoever finds the prefix (empty list: any
+    may be). Sliding windows and ALiBi depend on the query's position, which the prefix level
+    (all queries as one request) does not keep; a sink must enter the softmax once, after the
+    merge."""
     blockers = []
-    if os.environ.get(CASCADE_ENV, "0") != "1":
-        blockers.append(f"{CASCADE_ENV} is not 1")
-    if getattr(vllm_config.model_config, "disable_cascade_attn", True):
-        blockers.append("cascade attention is disabled (disable_cascade_attn)")
-    if getattr(vllm_config, "use_v2_model_runner", False):
-        blockers.append("vLLM's V2 model runner does not use cascade attention")
     if window_lefts != (NO_WINDOW,):
         blockers.append(f"sliding windows {window_lefts}")
     layers = get_layers_from_vllm_config(vllm_config, AttentionLayerBase, layer_names)
@@ -177,6 +179,91 @@ def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
         if any(getattr(layer.impl, name, None) is not None for layer in layers.values()):
             blockers.append(f"layers with {name}")
     return blockers
+
+
+def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
+                     window_lefts: tuple[int, ...]) -> list[str]:
+    """Why vLLM never announces a shared prefix to this group (empty list: it may).
+
+    vLLM 0.26 asks for cascade only in its V1 runner and only when the user opted in
+    (`disable_cascade_attn=False`); fi_backend takes part only with CASCADE_ENV=1 (see there
+    why), and only where the layers allow cascade at all (`layer_cascade_blockers`)."""
+    blockers = []
+    if os.environ.get(CASCADE_ENV, "0") != "1":
+        blockers.append(f"{CASCADE_ENV} is not 1")
+    if getattr(vllm_config.model_config, "disable_cascade_attn", True):
+        blockers.append("cascade attention is disabled (disable_cascade_attn)")
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        blockers.append("vLLM's V2 model runner does not use cascade attention")
+    return blockers + layer_cascade_blockers(vllm_config, layer_names, window_lefts)
+
+
+def cascade_prefix_len(prefix_len: int, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+                       page_size: int) -> int:
+    """`prefix_len` cut to whole pages that end before every request's first query by the
+    host's KV lengths (upper bounds: the device checks the exact ones before it adopts)."""
+    q_len_host = np.diff(qo_indptr_host)
+    context_len_host = (kv_len_host - q_len_host)[q_len_host > 0]
+    if context_len_host.size:
+        prefix_len = min(prefix_len, int(context_len_host.min()))
+    return max(prefix_len, 0) // page_size * page_size
+
+
+def cascade_live_capacity(plain: PlanCapacity, head_dim: int) -> PlanCapacity:
+    """Capacities of a live plan buffer that also holds composed cascade plans: at least the
+    plain plans' and CASCADE_WORKSPACE_BYTES of partial states (one slot per work item, at
+    most two merge items per item)."""
+    slot_bytes = MAX_TILE_ROWS * (head_dim + 1) * 4
+    slots = max(plain.max_partial_slots, CASCADE_WORKSPACE_BYTES // slot_bytes)
+    return PlanCapacity(num_ctas=plain.num_ctas,
+                        max_work_items=max(plain.max_work_items, slots),
+                        max_merge_items=max(plain.max_merge_items, 2 * slots),
+                        max_partial_slots=slots)
+
+
+class CascadePlanning:
+    """What a group whose steps may be cascaded keeps: the level planners (host only: their
+    plans are composed, never launched), the planner that stages composed plans on the device
+    (the live planner's layout, so the device can copy one over the other) and the probe that
+    measures shared prefixes on the device."""
+
+    def __init__(self, make_planner, max_requests: int, kv_len_slack: int,
+                 capacity: PlanCapacity, device: torch.device, guess_from_device: bool):
+        host = torch.device("cpu")
+        # Prefix level: one request with up to max_num_batched_tokens queries over at most a
+        # whole sequence of shared pages; its length is host-known, hence exact.
+        self.prefix = make_planner(1, 0, host)
+        # Suffix level: the batch's requests over their own pages, bounded as the batch's.
+        self.suffix = make_planner(max_requests, kv_len_slack, host)
+        self.staging = make_planner(max_requests, kv_len_slack, capacity=capacity)
+        self.probe = SharedPrefixProbe(device)
+        self.guess_from_device = guess_from_device
+
+    def compose(self, prefix_len: int, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+                causal: bool) -> Plan | None:
+        """The step's composed plan, published into the staging buffer; None where the
+        cascade would not pay off or its plan would not fit the capacities."""
+        group = self.staging.group_size
+        q_len_host = np.diff(qo_indptr_host)
+        if not cascade_pays_off(prefix_len, q_len_host, group):
+            return None
+        # Prefix level: all query tokens as one request over the shared pages, no mask: every
+        # query sits after the prefix. Suffix level: each request over its keys after the
+        # prefix (queries and keys both lose prefix_len positions, so the batch's causal mask
+        # holds unchanged; requests without KV, CUDA-graph padding, stay empty).
+        num_query_tokens = int(qo_indptr_host[-1])
+        prefix_plan = self.prefix.plan(np.array([0, num_query_tokens], dtype=np.int32),
+                                       np.array([prefix_len], dtype=np.int32),
+                                       AttentionVariant(causal=False))
+        suffix_plan = self.suffix.plan(
+            qo_indptr_host, np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
+            AttentionVariant(causal=causal))
+        # One slot per item; merge items (at most two per suffix item) then fit as well.
+        if prefix_plan.num_work_items + suffix_plan.num_work_items > \
+                self.staging.capacity.max_partial_slots:
+            return None
+        return self.staging.publish(compose_cascade_plan(
+            prefix_plan, suffix_plan, qo_indptr_host, prefix_len, tile_tokens(group)))
 
 
 class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
@@ -222,35 +309,27 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
                 head_dim=self.head_dim, page_size=self.page_size, num_ctas=num_ctas,
                 device=plan_device, kv_len_slack=slack, capacity=capacity)
 
-        self.planners = {window_left: make_planner(self.max_requests, kv_len_slack)
+        # Cascade (see the module docstring) where the layers allow it and someone may find
+        # a prefix: the live planner then holds composed plans too (cascade_live_capacity).
+        self.cascade: CascadePlanning | None = None
+        live_capacity = None
+        guess_from_device = os.environ.get(SHARED_PREFIX_ENV, "1") != "0"
+        vllm_announces = not cascade_blockers(vllm_config, layer_names, self.window_lefts)
+        if not layer_cascade_blockers(vllm_config, layer_names, self.window_lefts) and (
+                guess_from_device or vllm_announces):
+            live_capacity = cascade_live_capacity(
+                PlanCapacity.for_engine(self.max_requests,
+                                        scheduler_config.max_num_batched_tokens,
+                                        self.max_model_len + kv_len_slack, self.num_qo_heads,
+                                        self.num_kv_heads, num_ctas),
+                self.head_dim)
+            self.cascade = CascadePlanning(make_planner, self.max_requests, kv_len_slack,
+                                           live_capacity, device, guess_from_device)
+        self.vllm_announces_cascade = vllm_announces
+        self.planners = {window_left: make_planner(self.max_requests, kv_len_slack,
+                                                   capacity=live_capacity)
                          for window_left in self.window_lefts}
         self.attention = self._make_attention()
-
-        # Cascade (see the module docstring), allocated only where a step may use them: the
-        # level planners plan on the host only (their plans are composed, never launched);
-        # the composed plan is published through its own planner and run by its own
-        # BatchAttention (own partial-state workspace).
-        self.cascade_prefix: Planner | None = None
-        self.cascade_suffix: Planner | None = None
-        self.cascade_planner: Planner | None = None
-        self.cascade_attention: "BatchAttention | None" = None
-        if not cascade_blockers(vllm_config, layer_names, self.window_lefts):
-            host = torch.device("cpu")
-            # Prefix level: one request with up to max_num_batched_tokens queries over at most
-            # a whole sequence of shared pages; its length is host-known, hence exact.
-            self.cascade_prefix = make_planner(1, 0, host)
-            # Suffix level: the batch's requests over their own pages, bounded as the batch's.
-            self.cascade_suffix = make_planner(self.max_requests, kv_len_slack, host)
-            self.cascade_planner = make_planner(
-                self.max_requests, kv_len_slack,
-                capacity=cascade_capacity(self.cascade_prefix.capacity,
-                                          self.cascade_suffix.capacity))
-            if device.type == "cuda":
-                from fi_backend.attention import BatchAttention
-
-                # Cascade steps run eagerly (never captured), so the kernel picked per plan at
-                # run time is right for every plan.
-                self.cascade_attention = BatchAttention(self.cascade_planner, decode_kernel=True)
 
     @staticmethod
     def _num_qo_heads(vllm_config: "VllmConfig", layer_names: list[str]) -> int:
@@ -303,25 +382,41 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
                                 cam.seq_lens[:num_reqs], self.page_size, out=self.bsr_buffers)
 
         causal = bool(cam.causal)
-        cascade_plan = (self._build_cascade(common_prefix_len, qo_indptr_host, kv_len_host,
-                                            causal)
-                        if common_prefix_len > 0 else None)
-        attention = self.attention
-        if cascade_plan is not None:
-            plans = {NO_WINDOW: cascade_plan}
-            attention = ({NO_WINDOW: self.cascade_attention}
-                         if self.cascade_attention is not None else {})
-        else:
-            plans = {window_left: plan_step(planner, self.attention.get(window_left),
-                                            qo_indptr_host, kv_len_host,
-                                            AttentionVariant(causal=causal,
-                                                             window_left=window_left))
-                     for window_left, planner in self.planners.items()}
+        plans = {window_left: plan_step(planner, self.attention.get(window_left),
+                                        qo_indptr_host, kv_len_host,
+                                        AttentionVariant(causal=causal, window_left=window_left))
+                 for window_left, planner in self.planners.items()}
+        prefix_len = 0
+        if self.cascade is not None:
+            prefix_len = self._stage_cascade(common_prefix_len, cam, kv, qo_indptr_host,
+                                             kv_len_host, plans[NO_WINDOW], causal)
         return FIMetadata(
             num_actual_tokens=cam.num_actual_tokens, num_reqs=num_reqs, causal=causal,
             qo_indptr=cam.query_start_loc, seq_lens=cam.seq_lens[:num_reqs],
-            slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=attention,
-            cascade_prefix_len=common_prefix_len if cascade_plan is not None else 0)
+            slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=self.attention,
+            cascade_prefix_len=prefix_len)
+
+    def _stage_cascade(self, common_prefix_len: int, cam: CommonAttentionMetadata,
+                       kv: BlockSparseKV, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+                       live: Plan, causal: bool) -> int:
+        """Measures this step's shared prefix on the device and, where a prefix is known
+        (vLLM's, else the device's from an earlier step) and cascade pays off, composes the
+        cascade plan and lets the device adopt it into `live`'s buffer (module docstring).
+        Returns the prefix length composed for (0: none)."""
+        cascade = self.cascade
+        guess = common_prefix_len
+        if guess == 0 and cascade.guess_from_device:
+            guess = cascade.probe.last_shared_pages() * self.page_size
+        cascade.probe.measure(kv, cam.seq_lens, cam.query_start_loc, cam.num_reqs)
+        prefix_len = cascade_prefix_len(guess, qo_indptr_host, kv_len_host, self.page_size)
+        staged = cascade.compose(prefix_len, qo_indptr_host, kv_len_host, causal)
+        if staged is None:
+            return 0
+        cascade.probe.adopt(staged.buffer, live.buffer, prefix_len // self.page_size)
+        # The kernel choice must suit either plan (the portable decode-only kernel would run
+        # the composed plan's prefix tiles 16 rows at a time).
+        live.max_item_rows = max(live.max_item_rows, staged.max_item_rows)
+        return prefix_len
 
     def use_cascade_attention(self, common_prefix_len: int, query_lens: np.ndarray,
                               num_query_heads: int, num_kv_heads: int, use_alibi: bool,
@@ -334,47 +429,11 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         local attention, ALiBi, sinks: see `cascade_blockers`; decode context parallelism,
         which fi_backend does not support), else `cascade_pays_off` decides. The tiles are
         those of this group's planners (its own head counts; vLLM passes the same numbers)."""
-        if (self.cascade_prefix is None or use_alibi or use_sliding_window
+        if (not self.vllm_announces_cascade or use_alibi or use_sliding_window
                 or use_local_attention or dcp_world_size > 1):
             return False
         return cascade_pays_off(common_prefix_len, query_lens,
                                 gqa_group_size(self.num_qo_heads, self.num_kv_heads))
-
-    def _build_cascade(self, prefix_len: int, qo_indptr_host: np.ndarray,
-                       kv_len_host: np.ndarray, causal: bool) -> Plan | None:
-        """The composed plan of a shared-prefix step; None where this step cannot be
-        cascaded (more query tokens than prefix tokens, or no cascade in this group), which
-        build() then plans as one level, always correct."""
-        if prefix_len % self.page_size != 0:
-            raise ValueError(f"common_prefix_len {prefix_len} is not allowed: only whole pages "
-                             f"are shared, it must be a multiple of the page size "
-                             f"{self.page_size}")
-        num_query_tokens = int(qo_indptr_host[-1])
-        if self.cascade_prefix is None or num_query_tokens > prefix_len:
-            return None
-        q_len_host = np.diff(qo_indptr_host)
-        context_len_host = kv_len_host - q_len_host
-        overlapping = np.flatnonzero((q_len_host > 0) & (context_len_host < prefix_len))
-        if overlapping.size:
-            b = int(overlapping[0])
-            raise ValueError(
-                f"common_prefix_len {prefix_len} reaches into the queries of request {b} "
-                f"(at most {int(context_len_host[b])} tokens precede them); the shared prefix "
-                "must end before every request's first query")
-        # Prefix level: all query tokens as one request over the shared pages, no mask: every
-        # query sits after the prefix. Suffix level: each request over its keys after the
-        # prefix (queries and keys both lose prefix_len positions, so the batch's causal mask
-        # holds unchanged; requests without KV, CUDA-graph padding, stay empty).
-        prefix_plan = self.cascade_prefix.plan(
-            np.array([0, num_query_tokens], dtype=np.int32),
-            np.array([prefix_len], dtype=np.int32), AttentionVariant(causal=False))
-        suffix_plan = self.cascade_suffix.plan(
-            qo_indptr_host, np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
-            AttentionVariant(causal=causal))
-        composed = compose_cascade_plan(
-            prefix_plan, suffix_plan, qo_indptr_host, prefix_len,
-            tile_tokens(gqa_group_size(self.num_qo_heads, self.num_kv_heads)))
-        return self.cascade_planner.publish(composed)
 
     @staticmethod
     def _kv_len_upper_bounds(cam: CommonAttentionMetadata) -> np.ndarray:
