@@ -1,14 +1,11 @@
 """One plan for a shared-prefix (cascade) step, over the batch's own page table.
 
-WORK IN PROGRESS (branch wip/one-plan-cascade): validated on the CPU executor; the kernels'
-merge reads the cascade merge fields (compiled, not yet run on a GPU); the builder does not
-use composed plans yet.
-
-A cascade step today runs two levels (a prefix level: all query tokens as one request over
-the shared pages, non-causal; a suffix level: each request over its own pages) and merges
-them: two attention launches, two plan merges and a merge_states per layer, all eager and
-CPU-bound (benchmarks/NOTES.md). Here the two level plans, made by the level planners as
-today, are composed into ONE plan that runs in one launch over the batch's plain page table
+A cascade step (requests sharing their first pages) could run as two levels, a prefix level
+(all query tokens as one request over the shared pages, non-causal) and a suffix level (each
+request over its own pages), merged by LSE: two attention launches and a merge per layer, and
+a second set of buffers that CUDA graphs would have to capture. Here the two level plans, made
+by the level planners as any plan, are composed into ONE plan that runs in one launch over the
+batch's plain page table, through the live plan buffer (fi_backend/vllm/builder.py)
 (the FlashInfer paper's composable formats, section 3.1):
 
 - A prefix item is an ordinary item of request 0 whose query range [q_start, q_start + q_len)
@@ -36,6 +33,7 @@ import numpy as np
 from fi_backend.metadata.plan_layout import PlanCapacity
 
 __all__ = ["ComposedPlan", "cascade_capacity", "compose_cascade_plan"]
+
 
 def cascade_capacity(prefix: PlanCapacity, suffix: PlanCapacity) -> PlanCapacity:
     """Capacities that hold any plan composed from level plans within `prefix` and `suffix`:
