@@ -91,16 +91,6 @@ def merge_states(
 
     o = out if out is not None else v.new_empty((num_rows, num_heads, head_dim))
     lse = out_lse if out_lse is not None else s.new_empty((num_rows, num_heads))
-    launch_merge_states(v, s, o, lse)
-    return o, lse
-
-
-def launch_merge_states(v: torch.Tensor, s: torch.Tensor, o: torch.Tensor,
-                        lse: torch.Tensor) -> None:
-    """merge_states' launch alone, for callers whose tensors are merge_states-valid by
-    construction (the cascade step of the vLLM impl, which runs it once per layer on buffers
-    it allocated itself); everyone else calls merge_states, which checks them first."""
-    num_rows, num_states, num_heads, head_dim = v.shape
     with torch.cuda.device(v.device):
         _C.merge_states(
             dtype=_DTYPE_NAMES[v.dtype],
@@ -111,6 +101,7 @@ def launch_merge_states(v: torch.Tensor, s: torch.Tensor, o: torch.Tensor,
             num_rows=num_rows, num_states=num_states, num_heads=num_heads, head_dim=head_dim,
             stream=current_raw_stream(v.device),
         )
+    return o, lse
 
 
 APPEND_KV_DTYPES = (torch.float16, torch.bfloat16)

@@ -12,7 +12,6 @@ What stands in for hardware on a machine without a GPU:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
 import logging
@@ -60,7 +59,12 @@ from fi_backend.metadata.executor import execute_plan_reference  # noqa: E402
 from fi_backend.variants import AttentionVariant  # noqa: E402
 from fi_backend.vllm import selection  # noqa: E402
 from fi_backend.vllm.backend import FIBackend  # noqa: E402
-from fi_backend.vllm.builder import CASCADE_ENV, FIMetadataBuilder  # noqa: E402
+from fi_backend.vllm.builder import (  # noqa: E402
+    CASCADE_ENV,
+    NO_WINDOW,
+    SHARED_PREFIX_ENV,
+    FIMetadataBuilder,
+)
 from fi_backend.vllm.impl import FIAttentionImpl  # noqa: E402
 from fi_backend.vllm.plugin import BACKEND_CLASS_PATH, register  # noqa: E402
 
@@ -403,7 +407,8 @@ class Batch:
 
 
 def check_metadata(builder: FIMetadataBuilder, batch: Batch, metadata, seed: int = 1):
-    """The BSR equals the block table's; every plan, executed, equals the oracle."""
+    """The BSR equals the block table's; every plan, as the device holds it (a composed
+    cascade plan where the device adopted one), executed, equals the oracle."""
     indptr, indices, last = batch.expected_bsr()
     assert metadata.kv.indptr.tolist() == indptr
     assert metadata.kv.indices[:indptr[-1]].tolist() == indices
@@ -418,6 +423,7 @@ def check_metadata(builder: FIMetadataBuilder, batch: Batch, metadata, seed: int
     real = int(batch.qo_indptr[-1])
     assert set(metadata.plans) == set(builder.window_lefts)
     for window_left, plan in metadata.plans.items():
+        plan = plan.as_on_device()
         variant = AttentionVariant(causal=True, window_left=window_left,
                                    logits_soft_cap=30.0 if window_left >= 0 else 0.0)
         o, lse = execute_plan_reference(plan, q, metadata.qo_indptr, kv, variant,
@@ -548,7 +554,8 @@ def _to_cpu(kv):
 
 
 # --------------------------------------------------------------------------------------
-# Cascade attention (shared prefix): the prefix level and the suffix level, merged.
+# Cascade attention (shared prefix): the prefix level and the suffix level composed into one
+# plan, from a prefix that vLLM announces or that the device finds.
 
 
 @pytest.fixture
@@ -566,7 +573,7 @@ def cascade_config(monkeypatch) -> VllmConfig:
 
 def cascade_builder(config: VllmConfig, page_size: int = 16, device: str = "cpu"):
     builder = FIMetadataBuilder(spec(page_size), [], config, torch.device(device))
-    assert builder.cascade_prefix is not None and builder.cascade_suffix is not None
+    assert builder.cascade is not None
     return builder
 
 
@@ -600,30 +607,35 @@ def test_use_cascade_attention_decisions(cascade_config, common_prefix_len, quer
     assert ask_cascade(builder, common_prefix_len, query_lens, **flags) is expected
 
 
-def test_cascade_levels_exist_only_where_vllm_may_ask_for_them(cascade_config, monkeypatch):
-    """No planners, buffers or workspaces for cascade where no step can use it."""
+def test_cascade_planning_exists_only_where_a_step_may_cascade(cascade_config, monkeypatch):
+    """No planners, buffers or workspaces for cascade where no step can use it; vLLM asks
+    only where it may announce a prefix."""
     from vllm.model_executor.layers.attention import Attention
 
-    def levels(config, kv_spec, layer_names=()):
+    def cascade(config, kv_spec, layer_names=()):
         builder = FIMetadataBuilder(kv_spec, list(layer_names), config, torch.device("cpu"))
-        return builder.cascade_prefix, ask_cascade(builder, 1024, [1] * 64)
+        return builder.cascade is not None, ask_cascade(builder, 1024, [1] * 64)
 
-    assert levels(engine_config(), spec()) == (None, False)  # vLLM's default: cascade off
-    assert levels(cascade_config, spec(16, sliding_window=64)) == (None, False)
+    # vLLM's default (V2 runner, cascade off): prefixes the device finds only.
+    assert cascade(engine_config(), spec()) == (True, False)
+    assert cascade(cascade_config, spec(16, sliding_window=64)) == (False, False)
     # Real vLLM layers with sinks: a sink may enter the softmax only once, after the merge.
     names = [f"model.layers.{i}.self_attn.attn" for i in range(2)]
     with set_current_vllm_config(cascade_config):
         for name in names:
             Attention(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS, prefix=name,
                       attn_backend=FIBackend, sinks=torch.zeros(NUM_QO_HEADS))
-    assert levels(cascade_config, spec(), names) == (None, False)
-    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # the V2 runner never cascades
-    assert levels(cascade_config, spec()) == (None, False)
-    # vLLM opted in, fi_backend not (its default): one-level plans only.
+    assert cascade(cascade_config, spec(), names) == (False, False)
+    assert cascade(cascade_config, spec()) == (True, True)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")  # the V2 runner never announces
+    assert cascade(cascade_config, spec()) == (True, False)
+    # vLLM opted in, fi_backend not (its default): vLLM is not asked.
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "0")
-    assert levels(cascade_config, spec())[1] is True
     monkeypatch.delenv(CASCADE_ENV)
-    assert levels(cascade_config, spec()) == (None, False)
+    assert cascade(cascade_config, spec()) == (True, False)
+    monkeypatch.setenv(SHARED_PREFIX_ENV, "0")
+    assert cascade(cascade_config, spec()) == (False, False)
+    assert cascade(engine_config(), spec()) == (False, False)
 
 
 SHARED_PREFIX_BATCHES = {
@@ -649,61 +661,38 @@ def shared_prefix_batch(name: str, page_size: int, seed: int = 0) -> tuple[int, 
                              seed=seed, **batch_args)
 
 
-def execute_cascade(metadata, q: torch.Tensor, kv, variant: AttentionVariant):
-    """The cascade step on the CPU: each level's plan through the plan executor, the two
-    states merged by LSE."""
-    cascade = metadata.cascade
-    real = cascade.num_query_tokens
-    states = []
-    for level in (cascade.prefix, cascade.suffix):
-        level_variant = dataclasses.replace(variant, causal=level.causal)
-        states.append(execute_plan_reference(
-            level.plan, q, level.qo_indptr, level.kv.with_cache(kv.k_cache, kv.v_cache),
-            level_variant, level.seq_lens))
-    (o_prefix, lse_prefix), (o_suffix, lse_suffix) = states
-    return reference.merge_state_pair(o_prefix[:real], lse_prefix[:real], o_suffix[:real],
-                                      lse_suffix[:real])
-
-
 def check_cascade_metadata(batch: Batch, prefix_len: int, metadata, seed: int = 1):
-    """Prefix level = request 0's first pages for all queries; suffix level = each request's
-    later pages; executed and merged, they equal the oracle over the whole sequences."""
-    page_size = batch.page_size
-    prefix_pages = prefix_len // page_size
+    """One composed plan (metadata/cascade_plan.py) over the batch's own page table: prefix
+    items are request 0's over keys below the prefix, suffix items the requests' tiles over
+    keys from it, every item writes a partial state; executed by the CPU plan executor it
+    equals the oracle over the whole sequences."""
     real = int(batch.qo_indptr[-1])
-    cascade = metadata.cascade
-    assert cascade is not None and metadata.plans == {}
-    assert (cascade.prefix_len, cascade.num_query_tokens) == (prefix_len, real)
-
-    prefix = cascade.prefix
-    assert not prefix.causal and prefix.qo_indptr.tolist() == [0, real]
-    assert prefix.seq_lens.tolist() == [prefix_len]
-    assert prefix.kv.indptr.tolist() == [0, prefix_pages]
-    assert prefix.kv.indices[:prefix_pages].tolist() == batch.block_table[0, :prefix_pages].tolist()
-    assert prefix.kv.last_page_len.tolist() == [page_size]
-
-    suffix = cascade.suffix
-    suffix_lens = [max(kv_len - prefix_len, 0) for kv_len in batch.kv_lens]
-    assert suffix.causal and suffix.qo_indptr.tolist() == batch.qo_indptr.tolist()
-    assert suffix.seq_lens.tolist() == suffix_lens
-    suffix_pages = [batch.block_table[b, prefix_pages:math.ceil(kv_len / page_size)].tolist()
-                    for b, kv_len in enumerate(batch.kv_lens) if kv_len]
-    indptr = suffix.kv.indptr.tolist()
-    assert indptr == [0] + np.cumsum([len(p) for p in suffix_pages]
-                                     + [0] * (len(batch.kv_lens) - len(suffix_pages))).tolist()
-    assert suffix.kv.indices[:indptr[-1]].tolist() == sum(suffix_pages, [])
+    assert metadata.cascade_prefix_len == prefix_len and list(metadata.plans) == [NO_WINDOW]
+    plan = metadata.plans[NO_WINDOW].as_on_device()
+    request, kv_start, kv_end = (plan.section(name) for name in (
+        "work_request", "work_kv_start", "work_kv_end"))
+    prefix_items = kv_end <= prefix_len
+    assert (request[prefix_items] == 0).all() and prefix_items.any()
+    assert (kv_start[~prefix_items] >= prefix_len).all()
+    assert (plan.section("work_partial_slot") >= 0).all()
+    assert (plan.section("merge_extra_num_slots") > 0).all()
+    indptr, indices, last = batch.expected_bsr()
+    assert metadata.kv.indptr.tolist() == indptr
+    assert metadata.kv.indices[:indptr[-1]].tolist() == indices
+    assert metadata.kv.last_page_len.tolist() == last
 
     generator = torch.Generator().manual_seed(seed)
-    cache_shape = (batch.num_pages, page_size, NUM_KV_HEADS, HEAD_DIM)
+    cache_shape = (batch.num_pages, batch.page_size, NUM_KV_HEADS, HEAD_DIM)
     kv = metadata.kv.with_cache(torch.randn(cache_shape, generator=generator),
                                 torch.randn(cache_shape, generator=generator))
     q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM, generator=generator)
-    # Soft-cap and scale act per logit: the same in both levels.
+    # Soft-cap and scale act per logit: the same for prefix and suffix items.
     variant = AttentionVariant(causal=True, logits_soft_cap=30.0, sm_scale=0.1)
-    o, lse = execute_cascade(metadata, q, kv, variant)
+    o, lse = execute_plan_reference(plan, q, batch.qo_indptr, kv, variant,
+                                    torch.tensor(batch.kv_lens, dtype=torch.int32))
     o_ref, lse_ref = reference.batch_attention(q[:real], batch.qo_indptr, kv, variant)
-    torch.testing.assert_close(o, o_ref, atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(lse, lse_ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(o[:real], o_ref, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(lse[:real], lse_ref, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("name", SHARED_PREFIX_BATCHES)
@@ -717,8 +706,9 @@ def test_build_with_common_prefix_gives_levels_the_oracle_expects(cascade_config
     metadata = builder.build(prefix_len, cam)
     check_cascade_metadata(batch, prefix_len, metadata)
     assert cam._seq_lens_cpu is None  # host planning read only host data
-    if name == "long_prefix":
-        assert metadata.cascade.prefix.plan.num_merge_items > 0
+    if name == "long_prefix":  # the prefix level split its tiles
+        assert (metadata.plans[NO_WINDOW].as_on_device().section("merge_extra_num_slots")
+                > 1).any()
 
 
 def test_cascade_with_kv_length_upper_bounds(monkeypatch):
@@ -738,6 +728,7 @@ def test_cascade_with_kv_length_upper_bounds(monkeypatch):
 
 def test_cascade_and_plain_steps_alternate_on_persistent_buffers(cascade_config):
     builder = cascade_builder(cascade_config)
+    live_buffer = builder.planners[NO_WINDOW].buffer
     first_len, first = shared_prefix_batch("decode", 16)
     second_len, second = shared_prefix_batch("spec_and_prefill", 16, seed=2)
     a = builder.build(first_len, first.common_attn_metadata())
@@ -746,20 +737,10 @@ def test_cascade_and_plain_steps_alternate_on_persistent_buffers(cascade_config)
     check_metadata(builder, plain, builder.build(0, plain.common_attn_metadata()))
     b = builder.build(second_len, second.common_attn_metadata())
     check_cascade_metadata(second, second_len, b)
-
-    def level_buffers(level):
-        return (level.kv.indptr, level.kv.indices, level.kv.last_page_len, level.seq_lens,
-                level.plan.buffer)
-
-    for level_a, level_b in ((a.cascade.prefix, b.cascade.prefix),
-                             (a.cascade.suffix, b.cascade.suffix)):
-        for x, y in zip(level_buffers(level_a), level_buffers(level_b)):
-            assert x.data_ptr() == y.data_ptr()
-    assert a.cascade.prefix.qo_indptr.data_ptr() == b.cascade.prefix.qo_indptr.data_ptr()
-    # The levels' plan buffers are their own: a graph captured on the plain plan stays valid.
-    plain_buffer = builder.planners[-1].buffer.data_ptr()
-    assert plain_buffer not in (b.cascade.prefix.plan.buffer.data_ptr(),
-                                b.cascade.suffix.plan.buffer.data_ptr())
+    # Every step's plan, composed or not, is in the live buffer: a CUDA graph captured on any
+    # step replays every later one.
+    for metadata in (a, b):
+        assert metadata.plans[NO_WINDOW].buffer is live_buffer
 
 
 def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(cascade_config):
@@ -768,36 +749,49 @@ def test_build_plans_one_level_where_the_prefix_level_cannot_hold_the_queries(ca
     batch = Batch(q_lens=[30] * 20, kv_lens=[300 + 7 * b for b in range(20)], page_size=16,
                   shared_pages=16)
     metadata = builder.build(256, batch.common_attn_metadata())
-    assert metadata.cascade is None
+    assert metadata.cascade_prefix_len == 0
     check_metadata(builder, batch, metadata)
 
 
-@pytest.mark.parametrize("common_prefix_len, message", [
-    (264, "common_prefix_len 264 is not allowed: only whole pages are shared, it must be a "
-          "multiple of the page size 16"),
-    (528, "common_prefix_len 528 reaches into the queries of request 0 (at most 512 tokens "
-          "precede them)"),
+@pytest.mark.parametrize("common_prefix_len, composed_len", [
+    (264, 256),  # not whole pages: the whole pages within it
+    (528, 512),  # reaches into request 0's queries: the tokens before them
 ])
-def test_build_refuses_an_impossible_common_prefix(cascade_config, common_prefix_len, message):
+def test_build_cuts_an_impossible_common_prefix_to_what_the_batch_allows(
+        cascade_config, common_prefix_len, composed_len):
     builder = cascade_builder(cascade_config)
     _, batch = shared_prefix_batch("decode", 16)
-    with pytest.raises(ValueError) as error:
-        builder.build(common_prefix_len, batch.common_attn_metadata())
-    assert message in str(error.value)
+    metadata = builder.build(common_prefix_len, batch.common_attn_metadata())
+    check_cascade_metadata(batch, composed_len, metadata)
 
 
-def test_cascade_metadata_is_refused_by_a_layer_with_sinks(cascade_config):
-    builder = cascade_builder(cascade_config)
+def test_prefix_found_on_the_device_cascades_the_next_steps(monkeypatch):
+    """vLLM's default runner announces nothing: the step after one whose requests shared
+    their pages is composed for that prefix and adopted; a step that no longer shares it
+    keeps its plain plan (the host composed for a stale guess), and the one after it is not
+    composed at all."""
+    monkeypatch.delenv(CASCADE_ENV, raising=False)
+    builder = cascade_builder(engine_config())
     prefix_len, batch = shared_prefix_batch("decode", 16)
-    metadata = builder.build(prefix_len, batch.common_attn_metadata())
-    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS,
-                           sinks=torch.zeros(NUM_QO_HEADS))
-    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM)
-    output = torch.full_like(q, float("nan"))
-    with pytest.raises(ValueError, match="cascade metadata reached a layer with sinks"):
-        impl.forward(None, q, q[:, :NUM_KV_HEADS], q[:, :NUM_KV_HEADS],
-                     vllm_kv_cache(batch.num_pages, 16, torch.float32), metadata, output)
-    assert torch.isnan(output).all()
+    first = builder.build(0, batch.common_attn_metadata())
+    assert first.cascade_prefix_len == 0  # nothing measured yet
+    check_metadata(builder, batch, first)
+    second = builder.build(0, batch.common_attn_metadata())
+    check_cascade_metadata(batch, prefix_len, second)
+
+    # Same shapes, no shared pages: the guess is stale, the device refuses it.
+    unshared = Batch(q_lens=SHARED_PREFIX_BATCHES["decode"][1]["q_lens"],
+                     kv_lens=SHARED_PREFIX_BATCHES["decode"][1]["kv_lens"], page_size=16,
+                     seed=7)
+    third = builder.build(0, unshared.common_attn_metadata())
+    assert third.cascade_prefix_len == prefix_len
+    on_device = third.plans[NO_WINDOW].as_on_device()
+    assert (on_device.section("work_kv_start") == third.plans[NO_WINDOW].section(
+        "work_kv_start")).all()  # the plain plan
+    check_metadata(builder, unshared, third)
+    fourth = builder.build(0, unshared.common_attn_metadata())
+    assert fourth.cascade_prefix_len == 0
+    check_metadata(builder, unshared, fourth)
 
 
 @pytest.mark.gpu
@@ -805,6 +799,9 @@ def test_cascade_metadata_is_refused_by_a_layer_with_sinks(cascade_config):
 @pytest.mark.parametrize("batch_name", SHARED_PREFIX_BATCHES)
 def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, batch_name,
                                                               soft_cap):
+    """One step three times: plain (nothing measured yet), cascaded for vLLM's announced
+    prefix, cascaded for the prefix the device found. Each runs eagerly and by replaying a CUDA
+    graph captured on the first (plain) step: the composed plans live in the same buffer."""
     device = torch.device("cuda")
     generator = torch.Generator().manual_seed(5)
     builder = cascade_builder(cascade_config, 16, "cuda")
@@ -820,13 +817,20 @@ def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, ba
                        for heads in (NUM_KV_HEADS, NUM_KV_HEADS, NUM_QO_HEADS))
     impl.do_kv_cache_update(None, k_new, v_new, kv_cache, cam.slot_mapping)
 
-    outputs = {}
-    for common_prefix_len in (prefix_len, 0):  # the cascade step, then the same step plain
-        metadata = builder.build(common_prefix_len, cam)
-        assert (metadata.cascade is not None) == (common_prefix_len > 0)
+    graph, graph_output = None, torch.empty_like(q)
+    outputs = []
+    for announced, composed_for in ((0, 0), (prefix_len, prefix_len), (0, prefix_len)):
+        metadata = builder.build(announced, cam)
+        assert metadata.cascade_prefix_len == composed_for
         output = torch.full_like(q, float("nan"))
         impl.forward(None, q, k_new, v_new, kv_cache, metadata, output)
-        outputs[common_prefix_len] = output.float().cpu()
+        if graph is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                impl.forward(None, q, k_new, v_new, kv_cache, metadata, graph_output)
+        graph_output.fill_(float("nan"))
+        graph.replay()
+        outputs.append((output.float().cpu(), graph_output.float().cpu()))
 
     k_view, v_view = kv_cache.permute(0, 2, 1, 3).split(HEAD_DIM, dim=-1)
     kv = metadata.kv.with_cache(k_view.float(), v_view.float())
@@ -834,31 +838,11 @@ def test_forward_with_cascade_matches_plain_and_oracle_on_gpu(cascade_config, ba
     real = int(batch.qo_indptr[-1])
     o_ref, _ = reference.batch_attention(q[:real].float().cpu(), batch.qo_indptr, _to_cpu(kv),
                                          variant)
-    cascade, plain = outputs[prefix_len], outputs[0]
-    for output in (cascade, plain):
-        assert (output[:real] - o_ref).norm() / o_ref.norm() < 1e-2
-        assert torch.isnan(output[real:]).all()  # padding rows are left untouched
-    assert (cascade[:real] - plain[:real]).norm() / plain[:real].norm() < 1e-2
+    plain = outputs[0][0]
+    for step in outputs:
+        for output in step:
+            assert (output[:real] - o_ref).norm() / o_ref.norm() < 1e-2
+            assert torch.isnan(output[real:]).all()  # padding rows are left untouched
+            assert (output[:real] - plain[:real]).norm() / plain[:real].norm() < 1e-2
 
 
-@pytest.mark.gpu
-def test_cascade_step_refuses_cuda_graph_capture(cascade_config):
-    """vLLM never captures a cascade step (it excludes FULL graphs for it); were one
-    captured, replays would run its levels' plans on later steps: refused."""
-    device = torch.device("cuda")
-    builder = cascade_builder(cascade_config, 16, "cuda")
-    prefix_len, batch = shared_prefix_batch("decode", 16)
-    cam = batch.common_attn_metadata()
-    for field in ("query_start_loc", "seq_lens", "block_table_tensor", "slot_mapping"):
-        setattr(cam, field, getattr(cam, field).to(device))
-    metadata = builder.build(prefix_len, cam)
-    impl = FIAttentionImpl(NUM_QO_HEADS, HEAD_DIM, HEAD_DIM ** -0.5, NUM_KV_HEADS)
-    kv_cache = vllm_kv_cache(batch.num_pages, 16).to(device)
-    q = torch.randn(batch.num_tokens, NUM_QO_HEADS, HEAD_DIM, device=device,
-                    dtype=torch.bfloat16)
-    output = torch.zeros_like(q)
-    torch.cuda.synchronize()
-    with pytest.raises(RuntimeError, match="must run eagerly"):
-        with torch.cuda.graph(torch.cuda.CUDAGraph()):
-            impl.forward(None, q, q[:, :NUM_KV_HEADS], q[:, :NUM_KV_HEADS], kv_cache,
-                         metadata, output)

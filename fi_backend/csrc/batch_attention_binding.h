@@ -47,6 +47,10 @@ inline fi_kernels::PlanView plan_view_from_offsets(
   view.merge_q_len = section("merge_q_len");
   view.merge_slot_start = section("merge_slot_start");
   view.merge_num_slots = section("merge_num_slots");
+  view.merge_slot_row = section("merge_slot_row");
+  view.merge_extra_slot_start = section("merge_extra_slot_start");
+  view.merge_extra_num_slots = section("merge_extra_num_slots");
+  view.merge_extra_slot_row = section("merge_extra_slot_row");
   return view;
 }
 

@@ -9,6 +9,7 @@ void bind_batch_attention(pybind11::module_& m);
 void bind_batch_attention_sm90(pybind11::module_& m);
 void bind_planner(pybind11::module_& m);
 void bind_append_kv(pybind11::module_& m);
+void bind_shared_prefix(pybind11::module_& m);
 }  // namespace fi_backend
 
 PYBIND11_MODULE(_C, m) {
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_C, m) {
   fi_backend::bind_batch_attention_sm90(m);
   fi_backend::bind_planner(m);
   fi_backend::bind_append_kv(m);
+  fi_backend::bind_shared_prefix(m);
 }

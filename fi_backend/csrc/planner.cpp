@@ -38,7 +38,8 @@ constexpr int kHeaderLen = 5;
 enum WorkField { kWorkRequest, kWorkKvHead, kWorkQStart, kWorkQLen, kWorkKvStart, kWorkKvEnd,
                  kWorkPartialSlot, kNumWorkFields };
 enum MergeField { kMergeRequest, kMergeKvHead, kMergeQStart, kMergeQLen, kMergeSlotStart,
-                  kMergeNumSlots, kNumMergeFields };
+                  kMergeNumSlots, kMergeSlotRow, kMergeExtraSlotStart, kMergeExtraNumSlots,
+                  kMergeExtraSlotRow, kNumMergeFields };
 
 struct SchedulerConfig {
   int num_kv_heads;
@@ -404,6 +405,10 @@ class PlanScheduler {
               merge[kMergeQLen][m] = g.q_len;
               merge[kMergeSlotStart][m] = slot_start;
               merge[kMergeNumSlots][m] = pieces;
+              merge[kMergeSlotRow][m] = 0;  // a whole tile, no second range
+              merge[kMergeExtraSlotStart][m] = 0;
+              merge[kMergeExtraNumSlots][m] = 0;
+              merge[kMergeExtraSlotRow][m] = 0;
               max_merge_q_len = std::max(max_merge_q_len, g.q_len);
             }
           };

@@ -18,7 +18,7 @@ import torch
 
 from fi_backend import reference
 from fi_backend.metadata.block_sparse import BlockSparseKV
-from fi_backend.metadata.plan_layout import MAX_TILE_ROWS
+from fi_backend.metadata.plan_layout import MAX_TILE_ROWS, MERGE_FIELDS
 from fi_backend.metadata.planner import Plan
 from fi_backend.variants import AttentionVariant
 
@@ -94,18 +94,23 @@ def execute_plan_reference(plan: Plan, q: torch.Tensor, qo_indptr: torch.Tensor,
             partial_o[slot, :q_len * group] = o_tile.reshape(q_len * group, head_dim)
             partial_lse[slot, :q_len * group] = lse_tile.reshape(q_len * group)
 
-    merge = {name: plan.section(name).tolist() for name in (
-        "merge_request", "merge_kv_head", "merge_q_start", "merge_q_len", "merge_slot_start",
-        "merge_num_slots")}
+    merge = {name: plan.section(name).tolist() for name in MERGE_FIELDS}
     for m in range(plan.num_merge_items):
         b, h = merge["merge_request"][m], merge["merge_kv_head"][m]
         q_start, q_len = merge["merge_q_start"][m], merge["merge_q_len"][m]
-        slots = slice(merge["merge_slot_start"][m],
-                      merge["merge_slot_start"][m] + merge["merge_num_slots"][m])
         rows = q_len * group
+        # The item's own slots at its row offset, then (cascade) the extra range at its own.
+        ranges = [(merge["merge_slot_start"][m], merge["merge_num_slots"][m],
+                   merge["merge_slot_row"][m]),
+                  (merge["merge_extra_slot_start"][m], merge["merge_extra_num_slots"][m],
+                   merge["merge_extra_slot_row"][m])]
+        v_parts = [partial_o[start:start + count, row:row + rows]
+                   for start, count, row in ranges if count > 0]
+        s_parts = [partial_lse[start:start + count, row:row + rows]
+                   for start, count, row in ranges if count > 0]
         # [slots, rows, D] -> [q_len, slots, group, D]: merge_states' (N, S, H, D).
-        v_states = partial_o[slots, :rows].reshape(-1, q_len, group, head_dim).transpose(0, 1)
-        s_states = partial_lse[slots, :rows].reshape(-1, q_len, group).transpose(0, 1)
+        v_states = torch.cat(v_parts).reshape(-1, q_len, group, head_dim).transpose(0, 1)
+        s_states = torch.cat(s_parts).reshape(-1, q_len, group).transpose(0, 1)
         o_tile, lse_tile = reference.merge_states(v_states, s_states)
         if variant.sinks is not None:
             o_tile, lse_tile = reference.apply_sinks(o_tile, lse_tile, variants[h].sinks)

@@ -24,6 +24,12 @@ capacities (DESIGN.md, decision 4). Sections, in order, each a fixed-capacity in
   merge_q_len[M]
   merge_slot_start[M]
   merge_num_slots[M]
+  merge_slot_row[M]         row of the tile's first row inside those slots (0 but in cascade
+                            plans, metadata/cascade_plan.py, where a merge item may cover
+                            part of a tile)
+  merge_extra_slot_start[M] a second range of slots folded into the same rows (a cascade
+  merge_extra_num_slots[M]    prefix tile's: 0 slots otherwise), its rows starting at row
+  merge_extra_slot_row[M]     merge_extra_slot_row of those slots
 
 Tile rows: row r of a tile is (token t = r // group, query head kv_head*group + r % group),
 i.e. token-major with the GQA group packed. A tile holds at most MAX_TILE_ROWS rows.
@@ -68,7 +74,8 @@ def tile_tokens(group: int) -> int:
 WORK_FIELDS = ("work_request", "work_kv_head", "work_q_start", "work_q_len",
                "work_kv_start", "work_kv_end", "work_partial_slot")
 MERGE_FIELDS = ("merge_request", "merge_kv_head", "merge_q_start", "merge_q_len",
-                "merge_slot_start", "merge_num_slots")
+                "merge_slot_start", "merge_num_slots", "merge_slot_row",
+                "merge_extra_slot_start", "merge_extra_num_slots", "merge_extra_slot_row")
 
 
 @dataclass(frozen=True)

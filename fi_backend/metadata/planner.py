@@ -199,6 +199,15 @@ class Plan:
         start = self.layout.offsets[name]
         return self._staging[start:start + used]
 
+    def as_on_device(self) -> "Plan":
+        """The plan the device buffer holds now, read back (synchronizes; for tests and
+        debugging): after a device-side adoption (metadata/shared_prefix.py) it is the
+        composed cascade plan, not the one this host object describes."""
+        values = self.buffer.cpu().numpy()
+        header = values[self.layout.offsets["header"]:]
+        return Plan(self.buffer, self.layout, self.group_size, int(header[0]), int(header[1]),
+                    int(header[3]), values)
+
 
 def cta_costs(plan: Plan, cost_model: CostModel) -> np.ndarray:
     """float64 [num_ctas]: the estimated cost of each CTA's work items."""
@@ -276,6 +285,9 @@ class Planner:
                 ("min_chunk_tokens", split_policy.min_chunk_tokens),
                 ("chunk_align_tokens", split_policy.chunk_align_tokens)):
             setattr(config, name, value)
+        # Copies of plans composed on the host (publish), awaited before the next one.
+        self._publish_done = torch.cuda.Event() if self._is_cuda else None
+        self._publish_pending = False
         offsets = self.layout.offsets
         self._scheduler = _load_scheduler_module().PlanScheduler(
             config, [offsets[name] for name in SECTIONS], self._staging.data_ptr(),
@@ -294,6 +306,40 @@ class Planner:
     def partial_lse_shape(self) -> tuple[int, int]:
         """float32 natural-log partial LSEs `(max_partial_slots, MAX_TILE_ROWS)`."""
         return (self.capacity.max_partial_slots, MAX_TILE_ROWS)
+
+    def publish(self, composed) -> Plan:
+        """Publishes a plan composed on the host (metadata.cascade_plan.ComposedPlan) through
+        this Planner's fixed buffers: checks it against the capacities (ValueError, nothing
+        written), waits for the previous publish's copy, writes its sections into the staging
+        buffer and copies the whole buffer to the device on the current stream. A Planner
+        that publishes composed plans does not also plan() (each path awaits only its own
+        copies)."""
+        cap = self.capacity
+        for what, count, limit in (("work items", composed.num_work_items, cap.max_work_items),
+                                   ("merge items", composed.num_merge_items,
+                                    cap.max_merge_items),
+                                   ("partial slots", composed.num_partial_slots,
+                                    cap.max_partial_slots)):
+            if count > limit:
+                raise ValueError(f"composed plan has {count} {what}; the capacity is {limit}")
+        if composed.num_ctas != cap.num_ctas or composed.group_size != self.group_size:
+            raise ValueError(f"composed plan for {composed.num_ctas} CTAs and GQA group "
+                             f"{composed.group_size}; this Planner has {cap.num_ctas} and "
+                             f"{self.group_size}")
+        if self._publish_pending:
+            self._publish_done.synchronize()
+        offsets = self.layout.offsets
+        for name in SECTIONS:
+            values = composed.section(name)
+            self._staging_np[offsets[name]:offsets[name] + len(values)] = values
+        if self._is_cuda:
+            self.buffer.copy_(self._staging, non_blocking=True)
+            self._publish_done.record()
+            self._publish_pending = True
+        else:
+            self.buffer.copy_(self._staging)
+        return Plan(self.buffer, self.layout, self.group_size, composed.num_work_items,
+                    composed.num_merge_items, composed.num_partial_slots, self._staging_np)
 
     def plan(self, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
              variant: AttentionVariant) -> Plan:

@@ -18,18 +18,18 @@ the same fixed grids and reads only fixed buffers, a graph captured for any batc
 correctly for any other within the capacities: `AttentionCGSupport.ALWAYS` (full graphs for
 decode, prefill and mixed batches).
 
-Cascade (shared prefix, FlashInfer paper section 3.1): when vLLM's V1 runner finds that all
-requests share their first `common_prefix_len` tokens and `use_cascade_attention` agrees,
-build() describes the step as two levels instead of one: the prefix level, one "request"
-holding every query token of the batch over the shared pages, non-causal (every query sits
-after the prefix), and the suffix level, each request over its own pages after the prefix,
-causal as the batch is (queries and keys shift by the same prefix length, so the causal mask
-is unchanged). The impl runs both levels and merges their states by LSE. The shared pages are
-read once per query tile of the whole batch instead of once per request. Both levels have
-their own persistent planners and buffers (both plans live through all layers of the step).
-Cascade steps never run inside a CUDA graph: the runner excludes FULL graphs for them
-(`use_cascade_attn` -> `disable_full`), the attention op runs eagerly between piecewise
-graphs, and `build_for_cudagraph_capture` builds with `common_prefix_len=0`.
+Cascade (shared prefix, FlashInfer paper section 3.1): when all requests of a step share
+their first pages, build() also plans the step as two levels on the host (the prefix level:
+every query token as one request over the shared pages, non-causal; the suffix level: each
+request over its own later pages) and composes them into ONE plan over the batch's own page
+table (fi_backend/metadata/cascade_plan.py): prefix items read the shared pages once per query
+tile of the whole batch, suffix items each request's own, and the plan's merge folds both.
+Layers run it as any step: one attention launch and one merge. The prefix comes from vLLM
+where its V1 runner announces one (`common_prefix_len`, opt-in: CASCADE_ENV), else from the
+device (metadata/shared_prefix.py): the host guesses it from an earlier step's measurement,
+and the device swaps the composed plan into the live plan buffer only if this step's page
+table shares that prefix. The live buffer never moves, so cascade steps run in the same full
+CUDA graphs as any other.
 """
 
 from __future__ import annotations
@@ -51,8 +51,11 @@ from vllm.v1.attention.backend import (
 )
 
 from fi_backend.metadata.block_sparse import BlockSparseKV, BsrBuffers, block_table_to_bsr
-from fi_backend.metadata.plan_layout import gqa_group_size, tile_tokens
+from fi_backend.metadata.cascade_plan import compose_cascade_plan
+from fi_backend.metadata.plan_layout import (MAX_TILE_ROWS, PlanCapacity, gqa_group_size,
+                                             tile_tokens)
 from fi_backend.metadata.planner import Plan, Planner
+from fi_backend.metadata.shared_prefix import SharedPrefixProbe
 from fi_backend.variants import AttentionVariant
 
 if TYPE_CHECKING:
@@ -72,11 +75,18 @@ merge per layer (FlashAttention's backend in vLLM uses the same threshold)."""
 MIN_CASCADE_REQUESTS = 8
 """Fewer requests re-read the prefix too few times for cascade to pay off."""
 CASCADE_ENV = "FI_BACKEND_CASCADE"
-"""Set to 1 to let vLLM cascade steps of this backend. Off by default: a cascade step runs its
-attention eagerly between piecewise graphs and is bound by the host CPU. End to end
-(fi-bench e2e --cascade, H100, Llama-3-8B, 64 decodes sharing 8192 tokens) our cascade steps
-took 20-28 ms per token depending on the host's CPU, against 17.5 ms for the same workload
-planned as one level in full CUDA graphs (benchmarks/NOTES.md)."""
+"""Set to 1 to let vLLM's V1 runner announce shared prefixes to this backend. Off by default:
+vLLM runs the steps it cascades eagerly between piecewise graphs (CPU-bound end to end, see
+benchmarks/NOTES.md), while the prefixes the device finds (SHARED_PREFIX_ENV) cascade inside
+full CUDA graphs."""
+SHARED_PREFIX_ENV = "FI_BACKEND_SHARED_PREFIX"
+"""Set to 0 to never cascade the steps whose shared prefix the device finds
+(metadata/shared_prefix.py); on by default."""
+CASCADE_WORKSPACE_BYTES = 128 << 20
+"""Partial-state workspace that cascade steps may use. Every work item of a composed plan
+writes a float32 partial state of MAX_TILE_ROWS rows (the merge folds the prefix's into each
+request's), so a cascade step needs one slot per item: 64 decodes over 8 KV heads, about 650
+slots (41 MB at head_dim 128). Steps whose composed plan needs more run without cascade."""
 
 
 @dataclass
@@ -86,10 +96,12 @@ class FIMetadata(AttentionMetadata):
     qo_indptr:  device int32 [B + 1], vLLM's `query_start_loc` (exact).
     seq_lens:   device int32 [B], exact KV lengths including this step's tokens.
     kv:         BSR page table over the group's paged cache (views of persistent buffers).
-    plans:      window_left -> the step's plan for layers with that window (-1: none); empty
-                in a cascade step, whose plans are the levels'.
+    plans:      window_left -> the step's plan for layers with that window (-1: none). Its
+                device buffer holds the composed cascade plan instead where the device
+                adopted one (see the module docstring).
     attention:  window_left -> the BatchAttention that runs it (empty on a CPU device).
-    cascade:    the two levels of a shared-prefix step, None otherwise.
+    cascade_prefix_len: the shared prefix (tokens) a cascade plan was composed for this step
+                (0: none); the device adopted it if every request shares that prefix.
     """
 
     num_actual_tokens: int
@@ -101,64 +113,7 @@ class FIMetadata(AttentionMetadata):
     kv: BlockSparseKV
     plans: dict[int, Plan]
     attention: dict[int, "BatchAttention"]
-    cascade: "CascadeMetadata | None" = None
-
-
-@dataclass
-class CascadeLevel:
-    """One level of a cascade step, run like a batch of its own.
-
-    qo_indptr:  device int32 [B_level + 1], query rows of each of the level's requests.
-    seq_lens:   device int32 [B_level], exact KV lengths within the level.
-    kv:         the level's BSR page table (views of its persistent buffers).
-    causal:     the level's causal mode (the prefix level is never causal).
-    plan:       the level's plan, made by its own planner.
-    attention:  the BatchAttention that runs it (None on a CPU device).
-    """
-
-    qo_indptr: torch.Tensor
-    seq_lens: torch.Tensor
-    kv: BlockSparseKV
-    causal: bool
-    plan: Plan
-    attention: "BatchAttention | None"
-
-
-@dataclass
-class CascadeMetadata:
-    """A shared-prefix step: every query attends to the `prefix_len` shared tokens (prefix
-    level) and to its own request's later tokens (suffix level); the impl merges the two.
-
-    num_query_tokens: the batch's real query tokens (rows past it are CUDA-graph padding).
-    """
-
-    prefix_len: int
-    num_query_tokens: int
-    prefix: CascadeLevel
-    suffix: CascadeLevel
-
-
-class CascadeLevelBuffers:
-    """Persistent state of one cascade level, allocated once with the builder: its planner
-    (own plan buffer), BSR buffers, device KV lengths and, on a GPU, its BatchAttention (own
-    partial-state workspace)."""
-
-    def __init__(self, planner: Planner, max_requests: int, max_pages: int,
-                 device: torch.device) -> None:
-        self.planner = planner
-        self.bsr = BsrBuffers(max_requests, max_pages, device)
-        self.seq_lens = torch.zeros(max_requests, dtype=torch.int32, device=device)
-        self.attention = None
-        if device.type == "cuda":
-            from fi_backend.attention import BatchAttention
-
-            # Cascade steps always run eagerly (never captured), so the kernel picked per plan
-            # at run time is right for every plan, the decode-only one included.
-            self.attention = BatchAttention(planner, decode_kernel=True)
-
-    def plan(self, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
-             variant: AttentionVariant) -> Plan:
-        return plan_step(self.planner, self.attention, qo_indptr_host, kv_len_host, variant)
+    cascade_prefix_len: int = 0
 
 
 def plan_step(planner: Planner, attention: "BatchAttention | None", qo_indptr_host: np.ndarray,
@@ -210,22 +165,13 @@ def layer_window_lefts(vllm_config: "VllmConfig", layer_names: list[str],
     return tuple(sorted(windows))
 
 
-def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
-                     window_lefts: tuple[int, ...]) -> list[str]:
-    """Why this group's steps can never be cascaded (empty list: they may be).
-
-    vLLM 0.26 asks for cascade only in its V1 runner and only when the user opted in
-    (`disable_cascade_attn=False`); fi_backend takes part only with CASCADE_ENV=1 (see there
-    why). Sliding windows, ALiBi and sinks are excluded: a window
-    or an ALiBi bias depends on the query's position, which the prefix level (all queries as
-    one request) does not keep, and a sink must enter the softmax once, after the merge."""
+def layer_cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
+                           window_lefts: tuple[int, ...]) -> list[str]:
+    """Why no step of this group can be cascaded, whoever finds the prefix (empty list: any
+    may be). Sliding windows and ALiBi depend on the query's position, which the prefix level
+    (all queries as one request) does not keep; a sink must enter the softmax once, after the
+    merge."""
     blockers = []
-    if os.environ.get(CASCADE_ENV, "0") != "1":
-        blockers.append(f"{CASCADE_ENV} is not 1")
-    if getattr(vllm_config.model_config, "disable_cascade_attn", True):
-        blockers.append("cascade attention is disabled (disable_cascade_attn)")
-    if getattr(vllm_config, "use_v2_model_runner", False):
-        blockers.append("vLLM's V2 model runner does not use cascade attention")
     if window_lefts != (NO_WINDOW,):
         blockers.append(f"sliding windows {window_lefts}")
     layers = get_layers_from_vllm_config(vllm_config, AttentionLayerBase, layer_names)
@@ -233,6 +179,91 @@ def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
         if any(getattr(layer.impl, name, None) is not None for layer in layers.values()):
             blockers.append(f"layers with {name}")
     return blockers
+
+
+def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
+                     window_lefts: tuple[int, ...]) -> list[str]:
+    """Why vLLM never announces a shared prefix to this group (empty list: it may).
+
+    vLLM 0.26 asks for cascade only in its V1 runner and only when the user opted in
+    (`disable_cascade_attn=False`); fi_backend takes part only with CASCADE_ENV=1 (see there
+    why), and only where the layers allow cascade at all (`layer_cascade_blockers`)."""
+    blockers = []
+    if os.environ.get(CASCADE_ENV, "0") != "1":
+        blockers.append(f"{CASCADE_ENV} is not 1")
+    if getattr(vllm_config.model_config, "disable_cascade_attn", True):
+        blockers.append("cascade attention is disabled (disable_cascade_attn)")
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        blockers.append("vLLM's V2 model runner does not use cascade attention")
+    return blockers + layer_cascade_blockers(vllm_config, layer_names, window_lefts)
+
+
+def cascade_prefix_len(prefix_len: int, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+                       page_size: int) -> int:
+    """`prefix_len` cut to whole pages that end before every request's first query by the
+    host's KV lengths (upper bounds: the device checks the exact ones before it adopts)."""
+    q_len_host = np.diff(qo_indptr_host)
+    context_len_host = (kv_len_host - q_len_host)[q_len_host > 0]
+    if context_len_host.size:
+        prefix_len = min(prefix_len, int(context_len_host.min()))
+    return max(prefix_len, 0) // page_size * page_size
+
+
+def cascade_live_capacity(plain: PlanCapacity, head_dim: int) -> PlanCapacity:
+    """Capacities of a live plan buffer that also holds composed cascade plans: at least the
+    plain plans' and CASCADE_WORKSPACE_BYTES of partial states (one slot per work item, at
+    most two merge items per item)."""
+    slot_bytes = MAX_TILE_ROWS * (head_dim + 1) * 4
+    slots = max(plain.max_partial_slots, CASCADE_WORKSPACE_BYTES // slot_bytes)
+    return PlanCapacity(num_ctas=plain.num_ctas,
+                        max_work_items=max(plain.max_work_items, slots),
+                        max_merge_items=max(plain.max_merge_items, 2 * slots),
+                        max_partial_slots=slots)
+
+
+class CascadePlanning:
+    """What a group whose steps may be cascaded keeps: the level planners (host only: their
+    plans are composed, never launched), the planner that stages composed plans on the device
+    (the live planner's layout, so the device can copy one over the other) and the probe that
+    measures shared prefixes on the device."""
+
+    def __init__(self, make_planner, max_requests: int, kv_len_slack: int,
+                 capacity: PlanCapacity, device: torch.device, guess_from_device: bool):
+        host = torch.device("cpu")
+        # Prefix level: one request with up to max_num_batched_tokens queries over at most a
+        # whole sequence of shared pages; its length is host-known, hence exact.
+        self.prefix = make_planner(1, 0, host)
+        # Suffix level: the batch's requests over their own pages, bounded as the batch's.
+        self.suffix = make_planner(max_requests, kv_len_slack, host)
+        self.staging = make_planner(max_requests, kv_len_slack, capacity=capacity)
+        self.probe = SharedPrefixProbe(device)
+        self.guess_from_device = guess_from_device
+
+    def compose(self, prefix_len: int, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+                causal: bool) -> Plan | None:
+        """The step's composed plan, published into the staging buffer; None where the
+        cascade would not pay off or its plan would not fit the capacities."""
+        group = self.staging.group_size
+        q_len_host = np.diff(qo_indptr_host)
+        if not cascade_pays_off(prefix_len, q_len_host, group):
+            return None
+        # Prefix level: all query tokens as one request over the shared pages, no mask: every
+        # query sits after the prefix. Suffix level: each request over its keys after the
+        # prefix (queries and keys both lose prefix_len positions, so the batch's causal mask
+        # holds unchanged; requests without KV, CUDA-graph padding, stay empty).
+        num_query_tokens = int(qo_indptr_host[-1])
+        prefix_plan = self.prefix.plan(np.array([0, num_query_tokens], dtype=np.int32),
+                                       np.array([prefix_len], dtype=np.int32),
+                                       AttentionVariant(causal=False))
+        suffix_plan = self.suffix.plan(
+            qo_indptr_host, np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
+            AttentionVariant(causal=causal))
+        # One slot per item; merge items (at most two per suffix item) then fit as well.
+        if prefix_plan.num_work_items + suffix_plan.num_work_items > \
+                self.staging.capacity.max_partial_slots:
+            return None
+        return self.staging.publish(compose_cascade_plan(
+            prefix_plan, suffix_plan, qo_indptr_host, prefix_len, tile_tokens(group)))
 
 
 class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
@@ -268,33 +299,37 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         self.window_lefts = layer_window_lefts(vllm_config, layer_names, kv_cache_spec)
         num_ctas = self._num_ctas(kv_cache_spec.dtype)
 
-        def make_planner(max_requests: int, slack: int) -> Planner:
+        def make_planner(max_requests: int, slack: int, plan_device: torch.device = device,
+                         capacity=None) -> Planner:
             return Planner(
                 max_requests=max_requests,
                 max_batched_tokens=scheduler_config.max_num_batched_tokens,
                 max_model_len=self.max_model_len + slack,
                 num_qo_heads=self.num_qo_heads, num_kv_heads=self.num_kv_heads,
                 head_dim=self.head_dim, page_size=self.page_size, num_ctas=num_ctas,
-                device=device, kv_len_slack=slack)
+                device=plan_device, kv_len_slack=slack, capacity=capacity)
 
-        self.planners = {window_left: make_planner(self.max_requests, kv_len_slack)
+        # Cascade (see the module docstring) where the layers allow it and someone may find
+        # a prefix: the live planner then holds composed plans too (cascade_live_capacity).
+        self.cascade: CascadePlanning | None = None
+        live_capacity = None
+        guess_from_device = os.environ.get(SHARED_PREFIX_ENV, "1") != "0"
+        vllm_announces = not cascade_blockers(vllm_config, layer_names, self.window_lefts)
+        if not layer_cascade_blockers(vllm_config, layer_names, self.window_lefts) and (
+                guess_from_device or vllm_announces):
+            live_capacity = cascade_live_capacity(
+                PlanCapacity.for_engine(self.max_requests,
+                                        scheduler_config.max_num_batched_tokens,
+                                        self.max_model_len + kv_len_slack, self.num_qo_heads,
+                                        self.num_kv_heads, num_ctas),
+                self.head_dim)
+            self.cascade = CascadePlanning(make_planner, self.max_requests, kv_len_slack,
+                                           live_capacity, device, guess_from_device)
+        self.vllm_announces_cascade = vllm_announces
+        self.planners = {window_left: make_planner(self.max_requests, kv_len_slack,
+                                                   capacity=live_capacity)
                          for window_left in self.window_lefts}
         self.attention = self._make_attention()
-
-        # Cascade levels (see the module docstring), allocated only where a step may use them.
-        self.cascade_prefix: CascadeLevelBuffers | None = None
-        self.cascade_prefix_qo_indptr: torch.Tensor | None = None
-        self.cascade_suffix: CascadeLevelBuffers | None = None
-        if not cascade_blockers(vllm_config, layer_names, self.window_lefts):
-            # Prefix level: one request with up to max_num_batched_tokens queries over at most
-            # a whole sequence of shared pages; its length is host-known, hence exact.
-            self.cascade_prefix = CascadeLevelBuffers(
-                make_planner(1, 0), 1, self.max_pages_per_req, device)
-            self.cascade_prefix_qo_indptr = torch.zeros(2, dtype=torch.int32, device=device)
-            # Suffix level: the batch's requests over their own pages, bounded as the batch's.
-            self.cascade_suffix = CascadeLevelBuffers(
-                make_planner(self.max_requests, kv_len_slack), self.max_requests,
-                self.max_requests * self.max_pages_per_req, device)
 
     @staticmethod
     def _num_qo_heads(vllm_config: "VllmConfig", layer_names: list[str]) -> int:
@@ -347,20 +382,41 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
                                 cam.seq_lens[:num_reqs], self.page_size, out=self.bsr_buffers)
 
         causal = bool(cam.causal)
-        cascade = (self._build_cascade(cam, common_prefix_len, qo_indptr_host, kv_len_host,
-                                       num_columns, causal)
-                   if common_prefix_len > 0 else None)
-        plans = {}
-        if cascade is None:
-            for window_left, planner in self.planners.items():
-                plans[window_left] = plan_step(
-                    planner, self.attention.get(window_left), qo_indptr_host, kv_len_host,
-                    AttentionVariant(causal=causal, window_left=window_left))
+        plans = {window_left: plan_step(planner, self.attention.get(window_left),
+                                        qo_indptr_host, kv_len_host,
+                                        AttentionVariant(causal=causal, window_left=window_left))
+                 for window_left, planner in self.planners.items()}
+        prefix_len = 0
+        if self.cascade is not None:
+            prefix_len = self._stage_cascade(common_prefix_len, cam, kv, qo_indptr_host,
+                                             kv_len_host, plans[NO_WINDOW], causal)
         return FIMetadata(
             num_actual_tokens=cam.num_actual_tokens, num_reqs=num_reqs, causal=causal,
             qo_indptr=cam.query_start_loc, seq_lens=cam.seq_lens[:num_reqs],
             slot_mapping=cam.slot_mapping, kv=kv, plans=plans, attention=self.attention,
-            cascade=cascade)
+            cascade_prefix_len=prefix_len)
+
+    def _stage_cascade(self, common_prefix_len: int, cam: CommonAttentionMetadata,
+                       kv: BlockSparseKV, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
+                       live: Plan, causal: bool) -> int:
+        """Measures this step's shared prefix on the device and, where a prefix is known
+        (vLLM's, else the device's from an earlier step) and cascade pays off, composes the
+        cascade plan and lets the device adopt it into `live`'s buffer (module docstring).
+        Returns the prefix length composed for (0: none)."""
+        cascade = self.cascade
+        guess = common_prefix_len
+        if guess == 0 and cascade.guess_from_device:
+            guess = cascade.probe.last_shared_pages() * self.page_size
+        cascade.probe.measure(kv, cam.seq_lens, cam.query_start_loc, cam.num_reqs)
+        prefix_len = cascade_prefix_len(guess, qo_indptr_host, kv_len_host, self.page_size)
+        staged = cascade.compose(prefix_len, qo_indptr_host, kv_len_host, causal)
+        if staged is None:
+            return 0
+        cascade.probe.adopt(staged.buffer, live.buffer, prefix_len // self.page_size)
+        # The kernel choice must suit either plan (the portable decode-only kernel would run
+        # the composed plan's prefix tiles 16 rows at a time).
+        live.max_item_rows = max(live.max_item_rows, staged.max_item_rows)
+        return prefix_len
 
     def use_cascade_attention(self, common_prefix_len: int, query_lens: np.ndarray,
                               num_query_heads: int, num_kv_heads: int, use_alibi: bool,
@@ -373,65 +429,11 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         local attention, ALiBi, sinks: see `cascade_blockers`; decode context parallelism,
         which fi_backend does not support), else `cascade_pays_off` decides. The tiles are
         those of this group's planners (its own head counts; vLLM passes the same numbers)."""
-        if (self.cascade_prefix is None or use_alibi or use_sliding_window
+        if (not self.vllm_announces_cascade or use_alibi or use_sliding_window
                 or use_local_attention or dcp_world_size > 1):
             return False
         return cascade_pays_off(common_prefix_len, query_lens,
                                 gqa_group_size(self.num_qo_heads, self.num_kv_heads))
-
-    def _build_cascade(self, cam: CommonAttentionMetadata, prefix_len: int,
-                       qo_indptr_host: np.ndarray, kv_len_host: np.ndarray, num_columns: int,
-                       causal: bool) -> CascadeMetadata | None:
-        """The two levels of a shared-prefix step; None where this step cannot be cascaded
-        (more query tokens than prefix tokens, or no cascade levels in this group), which
-        build() then plans as one level, always correct."""
-        if prefix_len % self.page_size != 0:
-            raise ValueError(f"common_prefix_len {prefix_len} is not allowed: only whole pages "
-                             f"are shared, it must be a multiple of the page size "
-                             f"{self.page_size}")
-        num_query_tokens = int(qo_indptr_host[-1])
-        if self.cascade_prefix is None or num_query_tokens > prefix_len:
-            return None
-        q_len_host = np.diff(qo_indptr_host)
-        context_len_host = kv_len_host - q_len_host
-        overlapping = np.flatnonzero((q_len_host > 0) & (context_len_host < prefix_len))
-        if overlapping.size:
-            b = int(overlapping[0])
-            raise ValueError(
-                f"common_prefix_len {prefix_len} reaches into the queries of request {b} "
-                f"(at most {int(context_len_host[b])} tokens precede them); the shared prefix "
-                "must end before every request's first query")
-        num_reqs = cam.num_reqs
-        prefix_pages = prefix_len // self.page_size
-        block_table = cam.block_table_tensor[:num_reqs, :num_columns]
-        prefix, suffix = self.cascade_prefix, self.cascade_suffix
-
-        # Prefix level: all query tokens as one request over request 0's first pages (those
-        # every request shares), no mask: every query sits after the prefix.
-        self.cascade_prefix_qo_indptr[1:].fill_(num_query_tokens)
-        prefix_seq_lens = prefix.seq_lens[:1].fill_(prefix_len)
-        prefix_kv = block_table_to_bsr(block_table[:1, :prefix_pages], prefix_seq_lens,
-                                       self.page_size, out=prefix.bsr)
-        prefix_plan = prefix.plan(np.array([0, num_query_tokens], dtype=np.int32),
-                                  np.array([prefix_len], dtype=np.int32),
-                                  AttentionVariant(causal=False))
-
-        # Suffix level: each request over its pages after the prefix. Queries and keys both
-        # lose prefix_len positions, so the batch's causal mask holds unchanged. Requests
-        # without KV (CUDA-graph padding) stay empty.
-        suffix_seq_lens = torch.sub(cam.seq_lens[:num_reqs], prefix_len,
-                                    out=suffix.seq_lens[:num_reqs]).clamp_(min=0)
-        suffix_kv = block_table_to_bsr(block_table[:, prefix_pages:], suffix_seq_lens,
-                                       self.page_size, out=suffix.bsr)
-        suffix_plan = suffix.plan(qo_indptr_host,
-                                  np.maximum(kv_len_host - prefix_len, 0).astype(np.int32),
-                                  AttentionVariant(causal=causal))
-        return CascadeMetadata(
-            prefix_len=prefix_len, num_query_tokens=num_query_tokens,
-            prefix=CascadeLevel(self.cascade_prefix_qo_indptr, prefix_seq_lens, prefix_kv,
-                                False, prefix_plan, prefix.attention),
-            suffix=CascadeLevel(cam.query_start_loc, suffix_seq_lens, suffix_kv, causal,
-                                suffix_plan, suffix.attention))
 
     @staticmethod
     def _kv_len_upper_bounds(cam: CommonAttentionMetadata) -> np.ndarray:

@@ -4,8 +4,8 @@ Per layer (vLLM builds one impl per Attention module, so layers of one model may
 e.g. Gemma-2's alternating sliding and global layers): the sliding window (vLLM's window w
 becomes window_left = w - 1: a query sees itself and the w - 1 keys before it, as in vLLM's
 FlashAttention backend), the logits soft-cap, ALiBi slopes, attention sinks and the softmax
-scale. Per step: the BSR page table and the plan the builder made for this layer's window,
-or, in a shared-prefix step, the two cascade levels, run one after the other and merged.
+scale. Per step: the BSR page table and the plan the builder made for this layer's window
+(in a shared-prefix step, the composed cascade plan: metadata/cascade_plan.py).
 
 vLLM calls `do_kv_cache_update` (custom op `unified_kv_cache_update`) before `forward`,
 because `FIBackend.forward_includes_kv_cache_update` is False; both run inside captured
@@ -23,7 +23,7 @@ from fi_backend import ops
 from fi_backend.metadata.block_sparse import split_kv_cache
 from fi_backend.variants import AttentionVariant
 from fi_backend.vllm.backend import SUPPORTED_KV_CACHE_DTYPES, unsupported_reasons
-from fi_backend.vllm.builder import NO_WINDOW, CascadeMetadata, FIMetadata
+from fi_backend.vllm.builder import NO_WINDOW, FIMetadata
 
 VLLM_KV_CACHE_LAYOUT = "vllm_packed"
 """`(num_blocks, num_kv_heads, block_size, 2 * head_dim)`, see FIBackend.get_kv_cache_shape."""
@@ -126,45 +126,8 @@ class FIAttentionImpl(AttentionImpl[FIMetadata]):
             # vLLM's memory-profiling run: no KV cache, no metadata.
             return output.fill_(0)
         k_cache, v_cache = split_kv_cache(kv_cache, VLLM_KV_CACHE_LAYOUT)
-        if attn_metadata.cascade is not None:
-            self._forward_cascade(query, k_cache, v_cache, attn_metadata.cascade, output)
-            return output
         attention = attn_metadata.attention[self.window_left]
         attention.run(query, k_cache, v_cache, attn_metadata.kv, attn_metadata.seq_lens,
                       attn_metadata.qo_indptr, self.variant(attn_metadata.causal, query.device),
                       out=output, plan=attn_metadata.plans[self.window_left])
         return output
-
-    def _forward_cascade(self, query: torch.Tensor, k_cache: torch.Tensor,
-                         v_cache: torch.Tensor, cascade: CascadeMetadata,
-                         output: torch.Tensor) -> None:
-        """Shared-prefix step: the prefix level and the suffix level each give a state
-        (output normalized over its own keys, natural-log LSE); their LSE merge is attention
-        over the whole sequence. Soft-cap and scale act per logit, so they hold in both
-        levels; the builder cascades no layer with a window, ALiBi or sinks."""
-        if self.sinks is not None or self.alibi_slopes is not None:
-            raise ValueError("fi_backend: cascade metadata reached a layer with sinks or ALiBi "
-                             "slopes, which cascade attention cannot apply; such groups are "
-                             "planned without cascade")
-        if query.is_cuda and torch.cuda.is_current_stream_capturing():
-            # vLLM never captures a cascade step; a graph of it would replay these levels'
-            # plans on later steps that were planned without them.
-            raise RuntimeError("fi_backend: a cascade (shared-prefix) step must run eagerly, "
-                               "not inside a CUDA graph capture")
-        num_tokens = cascade.num_query_tokens
-        q = query[:num_tokens]
-        # The levels write side by side: (tokens, level, heads, head_dim) is merge_states'
-        # (rows, states, heads, head_dim), so the merge reads them without a copy; likewise
-        # their LSEs, (tokens, level, heads).
-        states = q.new_empty((num_tokens, 2) + tuple(q.shape[1:]))
-        lses = torch.empty((num_tokens, 2, q.shape[1]), dtype=torch.float32, device=q.device)
-        for index, level in enumerate((cascade.prefix, cascade.suffix)):
-            level.attention.run(
-                q, k_cache, v_cache, level.kv, level.seq_lens, level.qo_indptr,
-                self.variant(level.causal, q.device), out=states[:, index],
-                lse_out=lses[:, index], plan=level.plan)
-        # This runs once per layer of every cascade step, on the buffers made just above: the
-        # launch without merge_states' input checks (a cascade step is CPU-bound, see
-        # benchmarks/NOTES.md).
-        merged_lse = torch.empty((num_tokens, q.shape[1]), dtype=torch.float32, device=q.device)
-        ops.launch_merge_states(states, lses, output[:num_tokens], merged_lse)

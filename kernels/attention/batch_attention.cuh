@@ -543,32 +543,40 @@ __global__ void __launch_bounds__(kMergeThreads)
     item.rows = plan.merge_q_len[mi] * static_cast<int>(p.group_size.divisor);
     item.q_token0 = p.qo_indptr[request] + plan.merge_q_start[mi];
     item.partial_slot = -1;  // final output
-    const int slot0 = plan.merge_slot_start[mi];
-    const int num_slots = plan.merge_num_slots[mi];
     if (row < item.rows) {
       SoftmaxState<kCols> state;
       state.init();
-      // kSlotsInFlight independent loads before the (sequential) merges, so that a long
-      // split costs a few memory latencies rather than one per slot.
-      for (int first = slot0; first < slot0 + num_slots; first += kSlotsInFlight) {
-        float4 part[kSlotsInFlight];
-        float lse_log2[kSlotsInFlight];
+      // The item's own slots, then (cascade plans) the extra range, each at its row offset.
+      const int slot_starts[2] = {plan.merge_slot_start[mi], plan.merge_extra_slot_start[mi]};
+      const int slot_counts[2] = {plan.merge_num_slots[mi], plan.merge_extra_num_slots[mi]};
+      const int slot_rows[2] = {plan.merge_slot_row[mi] + row,
+                                plan.merge_extra_slot_row[mi] + row};
+#pragma unroll 1
+      for (int range = 0; range < 2; ++range) {
+        const int slot0 = slot_starts[range], num_slots = slot_counts[range];
+        const int slot_row = slot_rows[range];
+        // kSlotsInFlight independent loads before the (sequential) merges, so that a long
+        // split costs a few memory latencies rather than one per slot.
+        for (int first = slot0; first < slot0 + num_slots; first += kSlotsInFlight) {
+          float4 part[kSlotsInFlight];
+          float lse_log2[kSlotsInFlight];
 #pragma unroll
-        for (int i = 0; i < kSlotsInFlight; ++i) {
-          const int slot = first + i;
-          if (slot < slot0 + num_slots) {
-            part[i] = *reinterpret_cast<const float4*>(
-                p.partial_o + (static_cast<std::int64_t>(slot) * kMaxTileRows + row) * HEAD_DIM +
-                col);
-            lse_log2[i] = lse_ln_to_log2(p.partial_lse[slot * kMaxTileRows + row]);
-          } else {
-            lse_log2[i] = kNegInf;  // past the end: an empty state, skipped by merge
+          for (int i = 0; i < kSlotsInFlight; ++i) {
+            const int slot = first + i;
+            if (slot < slot0 + num_slots) {
+              part[i] = *reinterpret_cast<const float4*>(
+                  p.partial_o +
+                  (static_cast<std::int64_t>(slot) * kMaxTileRows + slot_row) * HEAD_DIM + col);
+              lse_log2[i] = lse_ln_to_log2(p.partial_lse[slot * kMaxTileRows + slot_row]);
+            } else {
+              lse_log2[i] = kNegInf;  // past the end: an empty state, skipped by merge
+            }
           }
-        }
 #pragma unroll
-        for (int i = 0; i < kSlotsInFlight; ++i) {
-          const float part_o[kCols] = {part[i].x, part[i].y, part[i].z, part[i].w};
-          state.merge_normalized(part_o, lse_log2[i]);
+          for (int i = 0; i < kSlotsInFlight; ++i) {
+            const float part_o[kCols] = {part[i].x, part[i].y, part[i].z, part[i].w};
+            state.merge_normalized(part_o, lse_log2[i]);
+          }
         }
       }
       float out[kCols];

@@ -37,6 +37,10 @@ struct PlanView {
   const std::int32_t* merge_q_len;
   const std::int32_t* merge_slot_start;
   const std::int32_t* merge_num_slots;
+  const std::int32_t* merge_slot_row;
+  const std::int32_t* merge_extra_slot_start;
+  const std::int32_t* merge_extra_num_slots;
+  const std::int32_t* merge_extra_slot_row;
 };
 
 // Header indices of the plan buffer.
