@@ -54,9 +54,21 @@ void launch_typed(const BatchAttentionLaunch& l) {
                                      stream>>>(l.params);
   FI_CHECK_LAUNCH("batch_attention_sm90_kernel");
   if (l.num_merge_ctas > 0) {
-    fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>
-        <<<l.num_merge_ctas, fi_kernels::kMergeThreads, 0, stream>>>(l.params);
-    FI_CHECK_LAUNCH("merge_partial_states_kernel");
+    // A programmatic dependent of the attention kernel: scheduled while that kernel's last
+    // CTAs run, it waits for the kernel's completion in its first instruction
+    // (common/grid_dependency.cuh), so its launch latency leaves the critical path. CUDA graph
+    // capture keeps the dependency as a programmatic edge.
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(l.num_merge_ctas));
+    config.blockDim = dim3(fi_kernels::kMergeThreads);
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    FI_CUDA_CHECK(cudaLaunchKernelEx(&config, fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>,
+                                     l.params));
   }
 }
 

@@ -27,6 +27,7 @@
 #include "attention/params.cuh"
 #include "attention/variant.cuh"
 #include "attention/work_item.cuh"
+#include "common/grid_dependency.cuh"
 #include "common/softmax_state.cuh"
 
 namespace fi_kernels {
@@ -543,6 +544,10 @@ __global__ void __launch_bounds__(kMergeThreads)
     item.rows = plan.merge_q_len[mi] * static_cast<int>(p.group_size.divisor);
     item.q_token0 = p.qo_indptr[request] + plan.merge_q_start[mi];
     item.partial_slot = -1;  // final output
+    // Launched as the attention kernel's programmatic dependent on sm90 (its launch overlaps
+    // that kernel's tail): the plan and the query offsets are older than that kernel and may
+    // be read before it finishes, the partial states it writes only after.
+    wait_for_kernel_ahead();
     if (row < item.rows) {
       SoftmaxState<kCols> state;
       state.init();

@@ -687,6 +687,9 @@ __global__ void __launch_bounds__(kSm90Threads, 1)
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
+  // The plan merge (merge_partial_states_kernel) may be scheduled now: its CTAs take SMs as
+  // this kernel's CTAs leave and wait for the kernel to finish (common/grid_dependency.cuh).
+  allow_dependent_launch();
 
   const AttentionVariant variant{p.variant};
   const int warpgroup = warp_uniform(threadIdx.x / kWarpgroupThreads);
