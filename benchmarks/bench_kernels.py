@@ -127,14 +127,31 @@ def assign_pages(kv_lens, page_order: np.ndarray, shared_prefix_tokens: int = 0)
     return pages
 
 
-class PagePool:
-    """K and V caches `(pages, 16, 8, 128)` with random contents; each batch takes a random
-    (shuffled) subset of pages, optionally with a prefix of pages shared by every request."""
+KV_LAYOUTS = ("split", "vllm-nhd", "vllm-hnd")
 
-    def __init__(self, num_pages: int) -> None:
+
+class PagePool:
+    """K and V caches, views `(pages, 16, 8, 128)` with random contents; each batch takes a
+    random (shuffled) subset of pages, optionally with a prefix of pages shared by every request.
+
+    layout "split": two dense caches (a head's key row: 256 bytes at a 2 KB token stride);
+    "vllm-nhd": vLLM 0.26's packed cache in its default physical order (pages, tokens, heads,
+    K|V): a head's K and V rows side by side, 512 bytes at a 4 KB token stride; "vllm-hnd": the
+    same cache in HND order (pages, heads, tokens, K|V): a head's page is 8 KB in one piece."""
+
+    def __init__(self, num_pages: int, layout: str = "split") -> None:
         shape = (num_pages, PAGE_SIZE, NUM_KV_HEADS, HEAD_DIM)
-        self.k = torch.randn(shape, device="cuda", dtype=DTYPE)
-        self.v = torch.randn(shape, device="cuda", dtype=DTYPE)
+        if layout == "split":
+            self.k = torch.randn(shape, device="cuda", dtype=DTYPE)
+            self.v = torch.randn(shape, device="cuda", dtype=DTYPE)
+        else:
+            packed = (num_pages, PAGE_SIZE, NUM_KV_HEADS, 2 * HEAD_DIM)
+            if layout == "vllm-nhd":
+                physical = torch.randn(packed, device="cuda", dtype=DTYPE)
+            else:
+                physical = torch.randn((num_pages, NUM_KV_HEADS, PAGE_SIZE, 2 * HEAD_DIM),
+                                       device="cuda", dtype=DTYPE).permute(0, 2, 1, 3)
+            self.k, self.v = physical.split(HEAD_DIM, dim=-1)
         self.num_pages = num_pages
 
     def batch(self, q_lens, kv_lens, seed, shared_prefix_tokens: int = 0):
@@ -251,6 +268,8 @@ def main() -> None:
                         help="fi_backend kernel family to time: auto (what BatchAttention picks "
                         "on this GPU: sm90 on an H100), the portable sm80 kernels or the "
                         "Hopper sm90a ones (default: auto)")
+    parser.add_argument("--kv-layout", choices=KV_LAYOUTS, default="split",
+                        help="physical order of the K/V caches (see PagePool); default split")
     parser.add_argument("--cases", default="", help="comma-separated substrings: run only the "
                         "cases whose 'kind case' contains one (e.g. 'prefill 1 x 4096')")
     parser.add_argument("--cost-model", default="", metavar="FIELD=VALUE,...",
@@ -297,7 +316,7 @@ def main() -> None:
         wanted = args.cases.split(",")
         cases = [c for c in cases if any(w in f"{c[0]} {c[1]}" for w in wanted)]
     max_pages = max(sum(-(-kv // PAGE_SIZE) for kv in kv_lens) for *_, kv_lens, _ in cases)
-    pool = PagePool(max_pages + 64)
+    pool = PagePool(max_pages + 64, args.kv_layout)
     results = []
     for seed, (kind, name, q_lens, kv_lens, shared_prefix_tokens) in enumerate(cases):
         batch = pool.batch(q_lens, kv_lens, seed, shared_prefix_tokens)
@@ -329,6 +348,7 @@ def main() -> None:
     sass = sass_check(family)
     args.out.write_text(json.dumps({
         "device": props.name, "sms": props.multi_processor_count, "num_ctas": num_ctas,
+        "kv_layout": args.kv_layout,
         "family": family, "sass": sass, "cost_model": dataclasses.asdict(cost_model),
         "split_policy": dataclasses.asdict(split_policy),
         "copy_gbs": copy_gbs, "matmul_tflops": mm_tflops, "results": results}, indent=1))
