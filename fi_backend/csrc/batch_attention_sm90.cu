@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -35,6 +36,24 @@ std::string supported_head_dims() {
   return names;
 }
 
+// Launches `kernel` with programmatic stream serialization (see launch_typed).
+template <typename Kernel>
+cudaError_t launch_programmatic_dependent(Kernel* kernel, int grid, int block, int smem_bytes,
+                                          cudaStream_t stream,
+                                          const fi_kernels::BatchAttentionParams& params) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(grid));
+  config.blockDim = dim3(static_cast<unsigned>(block));
+  config.dynamicSmemBytes = static_cast<std::size_t>(smem_bytes);
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, params);
+}
+
 template <typename T, int HEAD_DIM>
 auto* configured_kernel() {
   constexpr int kSmemBytes = fi_kernels::hopper::Sm90Config<T, HEAD_DIM>::kSmemBytes;
@@ -50,25 +69,20 @@ template <typename T, int HEAD_DIM>
 void launch_typed(const BatchAttentionLaunch& l) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(l.stream);
   constexpr int kSmemBytes = fi_kernels::hopper::Sm90Config<T, HEAD_DIM>::kSmemBytes;
-  configured_kernel<T, HEAD_DIM>()<<<l.num_ctas, fi_kernels::hopper::kSm90Threads, kSmemBytes,
-                                     stream>>>(l.params);
-  FI_CHECK_LAUNCH("batch_attention_sm90_kernel");
+  // Both kernels are programmatic dependents of the kernel ahead of them in the stream
+  // (common/grid_dependency.cuh): the attention kernel of append_kv (its metadata and
+  // page-table loads overlap the cache write; the producer waits before reading K/V), the
+  // merge of the attention kernel (scheduled while its last CTAs run). Each waits for its
+  // predecessor before reading what that wrote, so the launches leave the critical path. A
+  // predecessor that never allows it is simply awaited in full. CUDA graph capture keeps the
+  // dependencies as programmatic edges.
+  FI_CUDA_CHECK(launch_programmatic_dependent(configured_kernel<T, HEAD_DIM>(), l.num_ctas,
+                                              fi_kernels::hopper::kSm90Threads, kSmemBytes,
+                                              stream, l.params));
   if (l.num_merge_ctas > 0) {
-    // A programmatic dependent of the attention kernel: scheduled while that kernel's last
-    // CTAs run, it waits for the kernel's completion in its first instruction
-    // (common/grid_dependency.cuh), so its launch latency leaves the critical path. CUDA graph
-    // capture keeps the dependency as a programmatic edge.
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(l.num_merge_ctas));
-    config.blockDim = dim3(fi_kernels::kMergeThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    FI_CUDA_CHECK(cudaLaunchKernelEx(&config, fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>,
-                                     l.params));
+    FI_CUDA_CHECK(launch_programmatic_dependent(
+        fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>, l.num_merge_ctas,
+        fi_kernels::kMergeThreads, 0, stream, l.params));
   }
 }
 

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "common/grid_dependency.cuh"
+
 namespace fi_kernels {
 
 struct AppendKvKernelParams {
@@ -29,6 +31,9 @@ struct AppendKvKernelParams {
 };
 
 __global__ void append_kv_kernel(const AppendKvKernelParams p) {
+  // The attention kernel that follows (sm90, a programmatic dependent) may start its metadata
+  // and page-table loads now; it waits for this kernel before it reads K or V.
+  allow_dependent_launch();
   const std::int64_t num_words = p.num_tokens * p.num_kv_heads * p.words_per_head;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;

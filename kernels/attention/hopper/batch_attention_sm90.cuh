@@ -228,6 +228,10 @@ __device__ __forceinline__ void produce_kv(const BatchAttentionParams& p,
   bool more = cursor.next(p, variant, gather, prefetch_q);
   typename Gather::TileLookup lookup{};
   if (more) lookup = gather.look_up(cursor.source, cursor.tile_lo);
+  // Launched as a programmatic dependent of the kernel ahead (append_kv, which writes this
+  // step's K/V rows): the plan, the page table and Q are older than that kernel, the cache
+  // rows it writes are read only past this wait (common/grid_dependency.cuh).
+  wait_for_kernel_ahead();
   RingPosition<Config::kStages> at;
   while (more) {
     const typename Gather::Source source = cursor.source;
