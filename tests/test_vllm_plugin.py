@@ -61,9 +61,12 @@ from fi_backend.vllm import selection  # noqa: E402
 from fi_backend.vllm.backend import FIBackend  # noqa: E402
 from fi_backend.vllm.builder import (  # noqa: E402
     CASCADE_ENV,
+    CASCADE_WORKSPACE_BYTES,
     NO_WINDOW,
     SHARED_PREFIX_ENV,
     FIMetadataBuilder,
+    cascade_live_capacity,
+    cascade_prefix_len,
 )
 from fi_backend.vllm.impl import FIAttentionImpl  # noqa: E402
 from fi_backend.vllm.plugin import BACKEND_CLASS_PATH, register  # noqa: E402
@@ -605,6 +608,33 @@ def test_use_cascade_attention_decisions(cascade_config, common_prefix_len, quer
                                          expected):
     builder = cascade_builder(cascade_config)
     assert ask_cascade(builder, common_prefix_len, query_lens, **flags) is expected
+
+
+@pytest.mark.parametrize("prefix_len, q_lens, kv_lens, expected", [
+    (1024, [1, 1, 1], [2000, 1500, 1100], 1024),  # every request holds it before its query
+    (1030, [1, 1], [2000, 2000], 1024),  # whole pages only
+    (1024, [1, 4, 1], [2000, 900, 1100], 896),  # request 1's queries start at token 896
+    (1024, [1, 0], [2000, 0], 1024),  # CUDA-graph padding (no queries) bounds nothing
+    (0, [1, 1], [2000, 2000], 0),
+])
+def test_cascade_prefix_len_ends_before_every_query(prefix_len, q_lens, kv_lens, expected):
+    qo_indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    assert cascade_prefix_len(prefix_len, qo_indptr, np.asarray(kv_lens, np.int32), 16) == expected
+
+
+def test_cascade_live_capacity_adds_the_cascade_workspace_to_the_plain_one():
+    from fi_backend.metadata.plan_layout import MAX_TILE_ROWS, PlanCapacity
+
+    plain = PlanCapacity.for_engine(256, 8192, 8192, 32, 8, 132)
+    live = cascade_live_capacity(plain, 128)
+    slots = CASCADE_WORKSPACE_BYTES // (MAX_TILE_ROWS * 129 * 4)
+    assert live.max_partial_slots == slots > plain.max_partial_slots
+    assert live.max_work_items == max(plain.max_work_items, slots)
+    assert live.max_merge_items == 2 * slots and live.num_ctas == 132
+    # A plain capacity already larger than the workspace stays as it is.
+    big = PlanCapacity(num_ctas=132, max_work_items=10 ** 5, max_merge_items=2 * 10 ** 5,
+                       max_partial_slots=10 ** 5)
+    assert cascade_live_capacity(big, 128) == big
 
 
 def test_cascade_planning_exists_only_where_a_step_may_cascade(cascade_config, monkeypatch):
