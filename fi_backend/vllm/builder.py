@@ -181,13 +181,13 @@ def layer_cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
     return blockers
 
 
-def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
-                     window_lefts: tuple[int, ...]) -> list[str]:
-    """Why vLLM never announces a shared prefix to this group (empty list: it may).
+def vllm_cascade_blockers(vllm_config: "VllmConfig") -> list[str]:
+    """Why vLLM never announces a shared prefix to this engine (empty list: it may, where the
+    layers allow cascade at all: `layer_cascade_blockers`).
 
     vLLM 0.26 asks for cascade only in its V1 runner and only when the user opted in
     (`disable_cascade_attn=False`); fi_backend takes part only with CASCADE_ENV=1 (see there
-    why), and only where the layers allow cascade at all (`layer_cascade_blockers`)."""
+    why)."""
     blockers = []
     if os.environ.get(CASCADE_ENV, "0") != "1":
         blockers.append(f"{CASCADE_ENV} is not 1")
@@ -195,7 +195,7 @@ def cascade_blockers(vllm_config: "VllmConfig", layer_names: list[str],
         blockers.append("cascade attention is disabled (disable_cascade_attn)")
     if getattr(vllm_config, "use_v2_model_runner", False):
         blockers.append("vLLM's V2 model runner does not use cascade attention")
-    return blockers + layer_cascade_blockers(vllm_config, layer_names, window_lefts)
+    return blockers
 
 
 def cascade_prefix_len(prefix_len: int, qo_indptr_host: np.ndarray, kv_len_host: np.ndarray,
@@ -314,9 +314,9 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         self.cascade: CascadePlanning | None = None
         live_capacity = None
         guess_from_device = os.environ.get(SHARED_PREFIX_ENV, "1") != "0"
-        vllm_announces = not cascade_blockers(vllm_config, layer_names, self.window_lefts)
-        if not layer_cascade_blockers(vllm_config, layer_names, self.window_lefts) and (
-                guess_from_device or vllm_announces):
+        layers_allow = not layer_cascade_blockers(vllm_config, layer_names, self.window_lefts)
+        vllm_announces = layers_allow and not vllm_cascade_blockers(vllm_config)
+        if layers_allow and (guess_from_device or vllm_announces):
             live_capacity = cascade_live_capacity(
                 PlanCapacity.for_engine(self.max_requests,
                                         scheduler_config.max_num_batched_tokens,
@@ -425,10 +425,11 @@ class FIMetadataBuilder(AttentionMetadataBuilder[FIMetadata]):
         """vLLM's V1 runner asks this each step in which all requests share their first
         `common_prefix_len` tokens; True makes it pass that length to build().
 
-        No cascade where a level could not express the layers' attention (windows, chunked
-        local attention, ALiBi, sinks: see `cascade_blockers`; decode context parallelism,
-        which fi_backend does not support), else `cascade_pays_off` decides. The tiles are
-        those of this group's planners (its own head counts; vLLM passes the same numbers)."""
+        No cascade where fi_backend takes no part (`vllm_cascade_blockers`) or a level could
+        not express the layers' attention (windows, chunked local attention, ALiBi, sinks: see
+        `layer_cascade_blockers`; decode context parallelism, which fi_backend does not
+        support), else `cascade_pays_off` decides. The tiles are those of this group's planners
+        (its own head counts; vLLM passes the same numbers)."""
         if (not self.vllm_announces_cascade or use_alibi or use_sliding_window
                 or use_local_attention or dcp_world_size > 1):
             return False
