@@ -8,9 +8,9 @@ import torch
 
 from fi_backend import reference
 from fi_backend.metadata import block_table_to_bsr, split_kv_cache
-from fi_backend.metadata.cascade_plan import cascade_capacity, compose_cascade_plan
+from fi_backend.metadata.cascade_plan import compose_cascade_plan
 from fi_backend.metadata.executor import execute_plan_reference
-from fi_backend.metadata.plan_layout import tile_tokens
+from fi_backend.metadata.plan_layout import PlanCapacity, tile_tokens
 from fi_backend.metadata.planner import Planner
 from fi_backend.variants import AttentionVariant
 
@@ -18,6 +18,18 @@ HEAD_DIM, PAGE_SIZE = 16, 4
 # (query heads, KV heads): GQA group 4 (a tile holds 32 tokens), 7 (Qwen2.5-7B's 28 / 4: 18
 # tokens, so tiles and requests never align), 1 (MHA: 128 tokens) and 16 (8 tokens).
 HEADS = [(8, 2), (28, 4), (4, 4), (16, 1)]
+
+
+def cascade_capacity(prefix: PlanCapacity, suffix: PlanCapacity) -> PlanCapacity:
+    """Capacities that hold any plan composed from level plans within `prefix` and `suffix`
+    (the builder bounds its live buffer by bytes instead, vllm/builder.py):
+    both levels' items, one partial slot per item, and at most two merge items per suffix
+    item (a suffix tile's tokens lie in at most two prefix tiles: both hold tile_tokens)."""
+    if prefix.num_ctas != suffix.num_ctas:
+        raise ValueError("the level capacities must share num_ctas")
+    items = prefix.max_work_items + suffix.max_work_items
+    return PlanCapacity(num_ctas=suffix.num_ctas, max_work_items=items,
+                        max_merge_items=2 * suffix.max_work_items, max_partial_slots=items)
 
 
 CASES = [

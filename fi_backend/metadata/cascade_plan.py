@@ -30,20 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fi_backend.metadata.plan_layout import PlanCapacity
-
-__all__ = ["ComposedPlan", "cascade_capacity", "compose_cascade_plan"]
-
-
-def cascade_capacity(prefix: PlanCapacity, suffix: PlanCapacity) -> PlanCapacity:
-    """Capacities that hold any plan composed from level plans within `prefix` and `suffix`:
-    both levels' items, one partial slot per item, and at most two merge items per suffix
-    item (a suffix tile's tokens lie in at most two prefix tiles: both hold tile_tokens)."""
-    if prefix.num_ctas != suffix.num_ctas:
-        raise ValueError("the level capacities must share num_ctas")
-    items = prefix.max_work_items + suffix.max_work_items
-    return PlanCapacity(num_ctas=suffix.num_ctas, max_work_items=items,
-                        max_merge_items=2 * suffix.max_work_items, max_partial_slots=items)
+__all__ = ["ComposedPlan", "compose_cascade_plan"]
 
 
 @dataclass
