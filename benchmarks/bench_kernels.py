@@ -9,7 +9,10 @@ whose first 8192 of 8448 keys are the same pages). Causal prefill (query length 
 
 Method (../shared/ANCHORS.md uses the same): each implementation is planned outside the
 timed region, captured in a CUDA graph, and each replay is timed with CUDA events right after
-an L2 flush (a 256 MiB write); the median of the replays is reported. Ceilings measured
+an L2 flush (a 256 MiB write); the median of the replays is reported. The implementations of
+a case are timed in interleaved rounds (one replay of each per round, their order rotated
+every round), so that the card's clock and temperature, which drift over a case (a long
+prefill heats the card for the case after it), weigh on all of them alike. Ceilings measured
 first on the same card: device-to-device copy bandwidth (bytes read + written) and the bf16
 matmul rate (8192^3). Decode reports the fraction of the copy bandwidth its KV bytes
 achieve; prefill reports TFLOP/s (4 * sum(q_len * kv_len) / 2 * heads * head_dim).
@@ -62,7 +65,8 @@ class Timer:
         self.replays = replays
         self.flush_buffer = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device="cuda")
 
-    def time_us(self, fn, replays: int | None = None) -> float:
+    @staticmethod
+    def capture(fn) -> torch.cuda.CUDAGraph:
         fn()  # warm-up outside the graph (lazy init, autotuning)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
@@ -74,16 +78,42 @@ class Timer:
         torch.cuda.current_stream().wait_stream(stream)
         graph.replay()
         torch.cuda.synchronize()
-        times = []
-        for _ in range(replays or self.replays):
-            self.flush_buffer.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3)
-        return statistics.median(times)
+        return graph
+
+    def replay_us(self, graph: torch.cuda.CUDAGraph) -> float:
+        """One replay of `graph` after an L2 flush, in µs."""
+        self.flush_buffer.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e3
+
+    def time_us(self, fn, replays: int | None = None) -> float:
+        graph = self.capture(fn)
+        return statistics.median(self.replay_us(graph) for _ in range(replays or self.replays))
+
+    def time_interleaved(self, makers: dict, replays: int, label: str) -> dict[str, float]:
+        """Median µs of each implementation, timed in interleaved rounds (module docstring).
+        `makers` maps a name to a function that prepares the implementation (planning) and
+        returns the callable to time; one that fails is reported and left out."""
+        graphs, callables = {}, {}
+        for name, make in makers.items():
+            try:
+                # The callable owns the buffers its graph reads (outputs, plans, workspaces):
+                # it is kept alive until the graph's last replay.
+                callables[name] = make()
+                graphs[name] = self.capture(callables[name])
+            except Exception as error:  # noqa: BLE001 - report and go on with the others
+                print(f"[bench] {name} failed on {label}: {type(error).__name__}: {error}")
+        names = list(graphs)
+        times = {name: [] for name in names}
+        for round_index in range(replays):
+            shift = round_index % max(len(names), 1)
+            for name in names[shift:] + names[:shift]:
+                times[name].append(self.replay_us(graphs[name]))
+        return {name: statistics.median(samples) for name, samples in times.items()}
 
 
 def copy_bandwidth_gbs(timer: Timer) -> float:
@@ -328,12 +358,7 @@ def main() -> None:
             impls["flashinfer"] = lambda: flashinfer_impl(pool, batch, decode, workspace)
         if "fa3" in others:
             impls["fa3"] = lambda: fa3_impl(pool, batch, causal=True)
-        for impl_name, make in impls.items():
-            try:
-                row["us"][impl_name] = timer.time_us(make(), replays)
-            except Exception as error:  # noqa: BLE001 - report and go on with the others
-                print(f"[bench] {impl_name} failed on {kind} {name}: {type(error).__name__}: "
-                      f"{error}")
+        row["us"] = timer.time_interleaved(impls, replays, f"{kind} {name}")
         if decode:
             row["kv_bytes"] = sum(kv_lens) * kv_token_bytes
             row["frac_copy_bw"] = {k: row["kv_bytes"] / (us * 1e-6) / 1e9 / copy_gbs
