@@ -145,41 +145,91 @@ constexpr bool blocks_of_8_keys_shift_uniformly() {
   return true;
 }
 
+// A lane that copies the chunk at `dim` of a key and the one HALF_DIMS further (the second
+// half of the row) finds the second chunk's shared-memory place at a constant distance, for
+// every (key, chunk of the first half, stage): then one hoisted address serves both. Checked
+// like blocks_of_8_keys_shift_uniformly, from per-mode tables.
+template <typename T, typename SmemLayout, int KEYS, int HEAD_DIM, int STAGES, int HALF_DIMS>
+constexpr bool second_half_shifts_uniformly() {
+  const auto linear = cute::get_nonswizzle_portion(SmemLayout{});
+  const auto swizzle = cute::get_swizzle_portion(SmemLayout{});
+  constexpr int kBytes = static_cast<int>(sizeof(T));
+  int key_bytes[KEYS] = {};
+  int chunk_bytes[HEAD_DIM / 8] = {};
+  int stage_bytes[STAGES] = {};
+  for (int key = 0; key < KEYS; ++key) key_bytes[key] = kBytes * linear(key, 0, 0);
+  for (int c = 0; c < HEAD_DIM / 8; ++c) chunk_bytes[c] = kBytes * linear(0, 8 * c, 0);
+  for (int stage = 0; stage < STAGES; ++stage) stage_bytes[stage] = kBytes * linear(0, 0, stage);
+  const int shift = static_cast<int>(swizzle(chunk_bytes[HALF_DIMS / 8]));
+  for (int stage = 0; stage < STAGES; ++stage) {
+    for (int key = 0; key < KEYS; ++key) {
+      for (int c = 0; c < HALF_DIMS / 8; ++c) {
+        const int first = key_bytes[key] + chunk_bytes[c] + stage_bytes[stage];
+        const int second = key_bytes[key] + chunk_bytes[c + HALF_DIMS / 8] + stage_bytes[stage];
+        if (static_cast<int>(swizzle(second)) != static_cast<int>(swizzle(first)) + shift) {
+          return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
 // Copies keys [tile_lo, tile_lo + TILE_KV) of one (request, KV head) from the paged cache into
 // a K and a V tile of one ring stage (the ring laid out by SmemLayout over (key, dim, stage)),
 // with 16-byte cp.async copies by NUM_THREADS threads; keys at or past kv_hi become zeros.
 //
 // Warp w copies the kKeysPerWarp contiguous keys from w * kKeysPerWarp, kKeysPerPass keys per
-// pass (one coalesced row of HEAD_DIM * 2 bytes per kChunksPerRow lanes). Everything that does
-// not depend on the tile is computed once per kernel (the shared-memory addresses of a thread's
-// chunks: within a stage they repeat every 8 keys up to a constant) or once per work item (the
-// head's base pointers with the thread's chunk folded in). Per tile, each lane looks up the
-// page of one key of its warp (look_up, issued a tile ahead) and turns it into the key's byte
-// offset in the cache; per pass the copying lanes fetch that offset from the lane with two
-// 32-bit shuffles, and it serves K and V alike: K and V share their page and token strides
-// (the launcher checks; vLLM's caches are one tensor), so the copies' addresses are two adds.
+// pass (one coalesced row of HEAD_DIM * 2 bytes per kLanesPerKey lanes). Rows of 256 bytes or
+// more are copied two chunks per lane, one in each half of the row: the second chunk's source
+// and destination are the first's plus constants, immediate offsets of the same copy
+// instruction, so a pass's address arithmetic (a page-offset shuffle, a 64-bit add each for K
+// and V) serves twice the bytes (Nsight Compute, causal prefill 8 x 2048 at one chunk per
+// lane: the producer issued ~15 % of the kernel's instructions, 2 IADD3 per copy).
+// Everything that does not depend on the tile is computed once per kernel (the shared-memory
+// addresses of a thread's chunks: within a stage they repeat every 8 keys up to a constant) or
+// once per work item (the head's base pointers with the thread's chunk folded in). Per tile,
+// each lane looks up the page of one key of its warp (look_up, issued a tile ahead) and turns
+// it into the key's byte offset in the cache; per pass the copying lanes fetch that offset
+// from the lane with two 32-bit shuffles, and it serves K and V alike: K and V share their
+// page and token strides (the launcher checks; vLLM's caches are one tensor), so the copies'
+// addresses are two adds.
 template <typename T, typename SmemLayout, int HEAD_DIM, int TILE_KV, int STAGES, int NUM_THREADS>
 struct PagedKvGather {
   static constexpr std::int64_t kElementBytes = sizeof(T);
   static constexpr int kChunksPerRow = HEAD_DIM / 8;
+  // The two halves of a 128-byte-swizzled row of 256 bytes or more lie in different swizzle
+  // atoms, at a constant distance (second_half_shifts_uniformly); a 128-byte row's halves
+  // share one atom and would swap places with the swizzle.
+  static constexpr int kChunksPerLane = HEAD_DIM * sizeof(T) >= 256 ? 2 : 1;
+  static constexpr int kLanesPerKey = kChunksPerRow / kChunksPerLane;
+  static constexpr int kHalfDims = HEAD_DIM / 2;
   static constexpr int kWarps = NUM_THREADS / 32;
   static constexpr int kKeysPerWarp = TILE_KV / kWarps;
-  static constexpr int kKeysPerPass = 32 / kChunksPerRow;
+  static constexpr int kKeysPerPass = 32 / kLanesPerKey;
   static constexpr int kPasses = kKeysPerWarp / kKeysPerPass;
   // Passes whose keys sit at different positions within a block of 8 keys, i.e. different
   // swizzle patterns: one hoisted shared-memory address each.
   static constexpr int kPhases = kKeysPerPass >= 8 ? 1 : 8 / kKeysPerPass;
   static constexpr int kBlockBytes = swizzled_byte_offset<T, SmemLayout>(8, 0, 0);
   static constexpr int kStageBytes = swizzled_byte_offset<T, SmemLayout>(0, 0, 1);
-  static_assert(32 % kChunksPerRow == 0 && kKeysPerWarp % kKeysPerPass == 0 &&
+  static_assert(32 % kLanesPerKey == 0 && kKeysPerWarp % kKeysPerPass == 0 &&
                     kKeysPerWarp % 8 == 0 && kKeysPerWarp <= 32 && kPasses % kPhases == 0 &&
                     kPhases * kKeysPerPass % 8 == 0,
                 "a warp copies whole keys, at most one per lane, in whole blocks of 8 keys");
-  // A pass's lookup lane is lane `pass` of the copying lane's segment of kChunksPerRow lanes
+  // A pass's lookup lane is lane `pass` of the copying lane's segment of kLanesPerKey lanes
   // (see look_up), so a segment must have a lane per pass.
-  static_assert(kPasses <= kChunksPerRow, "one lookup lane per pass in each lane segment");
+  static_assert(kPasses <= kLanesPerKey, "one lookup lane per pass in each lane segment");
   static_assert(blocks_of_8_keys_shift_uniformly<T, SmemLayout, TILE_KV, HEAD_DIM, STAGES>(),
                 "the ring layout moves a chunk by constants per 8 keys and per stage");
+  static_assert(kChunksPerLane == 1 ||
+                    second_half_shifts_uniformly<T, SmemLayout, TILE_KV, HEAD_DIM, STAGES,
+                                                 kHalfDims>(),
+                "a row's second half lies at a constant distance from its first");
+  // Shared-memory distance from a chunk to its second-half partner (0: one chunk per lane).
+  static constexpr int kSecondHalfSmemBytes =
+      kChunksPerLane == 2 ? swizzled_byte_offset<T, SmemLayout>(0, kHalfDims, 0) : 0;
+  static constexpr int kSecondHalfGlobalBytes = kHalfDims * static_cast<int>(sizeof(T));
   static_assert(decltype(cute::get_swizzle_portion(SmemLayout{}))::num_bits +
                         decltype(cute::get_swizzle_portion(SmemLayout{}))::num_base +
                         decltype(cute::get_swizzle_portion(SmemLayout{}))::num_shft <=
@@ -219,8 +269,8 @@ struct PagedKvGather {
                                            int thread) {
     const int warp = thread / 32;
     const int lane = thread % 32;
-    const int segment = lane / kChunksPerRow;  // key of the lane within a pass
-    const int chunk = lane % kChunksPerRow;
+    const int segment = lane / kLanesPerKey;  // key of the lane within a pass
+    const int chunk = lane % kLanesPerKey;     // its (first) chunk of the key
     copy_key = warp * kKeysPerWarp + segment;
     // Lane `pass` of segment s looks up the key that segment s copies in that pass.
     lookup_key = chunk < kPasses ? warp * kKeysPerWarp + chunk * kKeysPerPass + segment : -1;
@@ -273,7 +323,7 @@ struct PagedKvGather {
       RowOffset row;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        row.halves[half] = __shfl_sync(0xffffffffu, looked_up.halves[half], pass, kChunksPerRow);
+        row.halves[half] = __shfl_sync(0xffffffffu, looked_up.halves[half], pass, kLanesPerKey);
       }
       const char* k_src = s.k + row.bytes;
       const char* v_src = s.v + row.bytes;
@@ -282,6 +332,12 @@ struct PagedKvGather {
       const bool past_end = pass * kKeysPerPass >= keys_left;
       cp_async_16_or_zero(k_dst, k_src, past_end);
       cp_async_16_or_zero(k_dst + V_MINUS_K, v_src, past_end);
+      if constexpr (kChunksPerLane == 2) {
+        cp_async_16_or_zero(k_dst + kSecondHalfSmemBytes, k_src + kSecondHalfGlobalBytes,
+                            past_end);
+        cp_async_16_or_zero(k_dst + kSecondHalfSmemBytes + V_MINUS_K,
+                            v_src + kSecondHalfGlobalBytes, past_end);
+      }
     }
   }
 };
