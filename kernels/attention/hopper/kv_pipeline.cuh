@@ -113,31 +113,41 @@ constexpr int swizzled_byte_offset(int key, int dim, int stage) {
   return static_cast<int>(cute::get_swizzle_portion(layout)(linear));
 }
 
+// The ring's unswizzled byte offsets, tabulated per mode: a CuTe layout is a sum of one term
+// per mode, so the compile-time checks below apply only the swizzle per element (evaluating
+// the layout per element exceeds the compiler's constexpr budget).
+template <typename T, typename SmemLayout, int KEYS, int HEAD_DIM, int STAGES>
+struct RingModeBytes {
+  int key[KEYS] = {};
+  int chunk[HEAD_DIM / 8] = {};  // per 8 dims
+  int stage[STAGES] = {};
+
+  constexpr RingModeBytes() {
+    const auto linear = cute::get_nonswizzle_portion(SmemLayout{});
+    constexpr int kBytes = static_cast<int>(sizeof(T));
+    for (int k = 0; k < KEYS; ++k) key[k] = kBytes * linear(k, 0, 0);
+    for (int c = 0; c < HEAD_DIM / 8; ++c) chunk[c] = kBytes * linear(0, 8 * c, 0);
+    for (int s = 0; s < STAGES; ++s) stage[s] = kBytes * linear(0, 0, s);
+  }
+};
+
 // The offsets the producer hoists out of its loops are sound only if moving a chunk by 8 keys
 // or by one stage moves it by a constant number of bytes (the 128-byte swizzle permutes the
 // chunks inside each 1024-byte block of 8 keys and nothing else). Checked at compile time for
-// every (key, chunk, stage) of the ring. A CuTe layout is a sum of one term per mode, so the
-// unswizzled offsets are tabulated per mode and only the swizzle is applied per element.
+// every (key, chunk, stage) of the ring.
 template <typename T, typename SmemLayout, int KEYS, int HEAD_DIM, int STAGES>
 constexpr bool blocks_of_8_keys_shift_uniformly() {
-  const auto linear = cute::get_nonswizzle_portion(SmemLayout{});
+  const RingModeBytes<T, SmemLayout, KEYS, HEAD_DIM, STAGES> bytes;
   const auto swizzle = cute::get_swizzle_portion(SmemLayout{});
-  constexpr int kBytes = static_cast<int>(sizeof(T));
-  int key_bytes[KEYS] = {};
-  int chunk_bytes[HEAD_DIM / 8] = {};
-  int stage_bytes[STAGES] = {};
-  for (int key = 0; key < KEYS; ++key) key_bytes[key] = kBytes * linear(key, 0, 0);
-  for (int c = 0; c < HEAD_DIM / 8; ++c) chunk_bytes[c] = kBytes * linear(0, 8 * c, 0);
-  for (int stage = 0; stage < STAGES; ++stage) stage_bytes[stage] = kBytes * linear(0, 0, stage);
-  const int block_step = static_cast<int>(swizzle(key_bytes[8]));
-  const int stage_step = static_cast<int>(swizzle(stage_bytes[STAGES > 1 ? 1 : 0]));
+  const int block_step = static_cast<int>(swizzle(bytes.key[8]));
+  const int stage_step = static_cast<int>(swizzle(bytes.stage[STAGES > 1 ? 1 : 0]));
   for (int stage = 0; stage < STAGES; ++stage) {
     for (int key = 0; key < KEYS; ++key) {
       for (int c = 0; c < HEAD_DIM / 8; ++c) {
-        const int expected = static_cast<int>(swizzle(key_bytes[key % 8] + chunk_bytes[c])) +
+        const int expected = static_cast<int>(swizzle(bytes.key[key % 8] + bytes.chunk[c])) +
                              key / 8 * block_step + stage * stage_step;
         const int actual =
-            static_cast<int>(swizzle(key_bytes[key] + chunk_bytes[c] + stage_bytes[stage]));
+            static_cast<int>(swizzle(bytes.key[key] + bytes.chunk[c] + bytes.stage[stage]));
         if (actual != expected) return false;
       }
     }
@@ -147,28 +157,19 @@ constexpr bool blocks_of_8_keys_shift_uniformly() {
 
 // A lane that copies the chunk at `dim` of a key and the one HALF_DIMS further (the second
 // half of the row) finds the second chunk's shared-memory place at a constant distance, for
-// every (key, chunk of the first half, stage): then one hoisted address serves both. Checked
-// like blocks_of_8_keys_shift_uniformly, from per-mode tables.
+// every (key, chunk of the first half, stage): then one hoisted address serves both.
 template <typename T, typename SmemLayout, int KEYS, int HEAD_DIM, int STAGES, int HALF_DIMS>
 constexpr bool second_half_shifts_uniformly() {
-  const auto linear = cute::get_nonswizzle_portion(SmemLayout{});
+  const RingModeBytes<T, SmemLayout, KEYS, HEAD_DIM, STAGES> bytes;
   const auto swizzle = cute::get_swizzle_portion(SmemLayout{});
-  constexpr int kBytes = static_cast<int>(sizeof(T));
-  int key_bytes[KEYS] = {};
-  int chunk_bytes[HEAD_DIM / 8] = {};
-  int stage_bytes[STAGES] = {};
-  for (int key = 0; key < KEYS; ++key) key_bytes[key] = kBytes * linear(key, 0, 0);
-  for (int c = 0; c < HEAD_DIM / 8; ++c) chunk_bytes[c] = kBytes * linear(0, 8 * c, 0);
-  for (int stage = 0; stage < STAGES; ++stage) stage_bytes[stage] = kBytes * linear(0, 0, stage);
-  const int shift = static_cast<int>(swizzle(chunk_bytes[HALF_DIMS / 8]));
+  const int shift = static_cast<int>(swizzle(bytes.chunk[HALF_DIMS / 8]));
   for (int stage = 0; stage < STAGES; ++stage) {
     for (int key = 0; key < KEYS; ++key) {
+      const int row = bytes.key[key] + bytes.stage[stage];
       for (int c = 0; c < HALF_DIMS / 8; ++c) {
-        const int first = key_bytes[key] + chunk_bytes[c] + stage_bytes[stage];
-        const int second = key_bytes[key] + chunk_bytes[c + HALF_DIMS / 8] + stage_bytes[stage];
-        if (static_cast<int>(swizzle(second)) != static_cast<int>(swizzle(first)) + shift) {
-          return false;
-        }
+        const int first = static_cast<int>(swizzle(row + bytes.chunk[c]));
+        const int second = static_cast<int>(swizzle(row + bytes.chunk[c + HALF_DIMS / 8]));
+        if (second != first + shift) return false;
       }
     }
   }
