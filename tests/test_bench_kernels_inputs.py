@@ -1,5 +1,6 @@
-"""Inputs of benchmarks/bench_kernels.py (CPU): how each batch's requests get their pages,
-with and without a prefix of pages shared by every request."""
+"""benchmarks/bench_kernels.py on the CPU: how each batch's requests get their pages, with and
+without a prefix of pages shared by every request, and the interleaved timing rounds (with a
+scripted timer in place of CUDA graphs and events)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,69 @@ def test_a_shared_prefix_is_the_same_pages_for_every_request_and_the_rest_is_pri
 def test_a_shared_prefix_must_be_whole_pages_within_every_request(prefix_tokens, kv_lens):
     with pytest.raises(ValueError, match="multiple of the page size"):
         bench_kernels.assign_pages(kv_lens, np.arange(100), prefix_tokens)
+
+
+class ScriptedTimer(bench_kernels.Timer):
+    """Timer whose "graphs" are keys and whose replays return the implementation's scripted
+    time, recording the replay order; no GPU. Like a CUDA graph, a key does not keep the
+    captured callable alive: only a weak reference is kept, checked at every replay."""
+
+    def __init__(self):
+        self.replays = 0
+        self.callables = {}
+        self.order = []
+
+    def capture(self, fn):
+        import weakref
+
+        key = len(self.callables)
+        self.callables[key] = weakref.ref(fn)
+        fn()  # warm-up, as the real capture does
+        return key
+
+    def replay_us(self, graph):
+        fn = self.callables[graph]()
+        assert fn is not None, "a captured callable was freed before its graph's last replay"
+        name, time_us = fn()
+        self.order.append(name)
+        return time_us
+
+
+def scripted(name, times):
+    """A maker whose callable returns (name, next scripted time)."""
+    samples = iter(times)
+
+    def make():
+        last = [0.0]
+
+        def run():
+            last[0] = next(samples, last[0])
+            return name, last[0]
+
+        return run
+
+    return make
+
+
+def test_interleaved_rounds_rotate_the_order_and_report_each_median():
+    timer = ScriptedTimer()
+    # The first call of each callable is capture()'s warm-up, so each script starts with it.
+    makers = {"ours": scripted("ours", [0, 5, 1, 9]), "fa3": scripted("fa3", [0, 2, 2, 2]),
+              "flashinfer": scripted("flashinfer", [0, 7, 3, 4])}
+    medians = timer.time_interleaved(makers, replays=3, label="decode 1 x 512")
+    assert timer.order == ["ours", "fa3", "flashinfer", "fa3", "flashinfer", "ours",
+                           "flashinfer", "ours", "fa3"]
+    assert medians == {"ours": 5, "fa3": 2, "flashinfer": 4}
+
+
+def test_an_implementation_that_fails_is_reported_and_left_out(capsys):
+    def broken():
+        raise RuntimeError("no kernel for this shape")
+
+    timer = ScriptedTimer()
+    medians = timer.time_interleaved({"ours": scripted("ours", [0, 4, 6]), "fa3": broken},
+                                     replays=2, label="prefill 8 x 2048")
+    assert medians == {"ours": 5}
+    assert timer.order == ["ours", "ours"]
+    assert "fa3 failed on prefill 8 x 2048: RuntimeError: no kernel for this shape" in \
+        capsys.readouterr().out
