@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fi_backend import _C
-from fi_backend.attention import BatchAttention  # noqa: F401  (public API: re-exported)
+from fi_backend.attention import BatchAttention
 from fi_backend._checks import (
     check_cuda,
     check_dtype,
@@ -21,6 +21,9 @@ from fi_backend._checks import (
     check_vector_aligned,
 )
 from fi_backend._streams import current_raw_stream
+
+__all__ = ["BatchAttention", "merge_states", "append_kv", "MERGE_STATES_DTYPES",
+           "MERGE_STATES_MAX_HEAD_DIM", "MERGE_STATES_HEAD_DIM_MULTIPLE", "APPEND_KV_DTYPES"]
 
 # Element types the extension's launchers take, by the name they are passed under.
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
