@@ -352,13 +352,13 @@ def main() -> None:
         batch = pool.batch(q_lens, kv_lens, seed, shared_prefix_tokens)
         decode = kind == "decode"
         replays = max(5, min(args.replays, int(2e5 / max(sum(kv_lens) / 64, 1))))
-        row = {"kind": kind, "case": name, "us": {}}
         impls = {"fi_backend": lambda: ours(attention, pool, batch, causal=True)}
         if "flashinfer" in others:
             impls["flashinfer"] = lambda: flashinfer_impl(pool, batch, decode, workspace)
         if "fa3" in others:
             impls["fa3"] = lambda: fa3_impl(pool, batch, causal=True)
-        row["us"] = timer.time_interleaved(impls, replays, f"{kind} {name}")
+        row = {"kind": kind, "case": name,
+               "us": timer.time_interleaved(impls, replays, f"{kind} {name}")}
         if decode:
             row["kv_bytes"] = sum(kv_lens) * kv_token_bytes
             row["frac_copy_bw"] = {k: row["kv_bytes"] / (us * 1e-6) / 1e9 / copy_gbs
