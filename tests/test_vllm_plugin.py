@@ -48,7 +48,6 @@ from vllm.v1.attention.backend import (  # noqa: E402
 from vllm.v1.attention.backends.registry import (  # noqa: E402
     _ATTN_OVERRIDES,
     AttentionBackendEnum,
-    register_backend,
 )
 from vllm.v1.attention.selector import _cached_get_attn_backend, get_attn_backend  # noqa: E402
 from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec  # noqa: E402
