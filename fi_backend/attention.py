@@ -14,6 +14,10 @@ Two kernel families execute the same plan: "sm80" (portable, mma.sync, any sm80+
 "sm90" (Hopper, wgmma + warp specialization, kernels/attention/hopper/; only compute
 capability 9.0 and the (dtype, head_dim) pairs it was built for). `family` (or the
 FI_BACKEND_KERNEL_FAMILY environment variable) picks one: "auto" (default), "sm80", "sm90".
+The portable kernels come in two shared-memory footprints, picked per device: full (deeper
+pipelines) where the device grants it per block, compact (at most 99 KB: sm_86 and sm_89 for
+head_dim 128 and 256, sm_80 for head_dim 256) elsewhere; FI_BACKEND_MAX_SMEM_PER_BLOCK (bytes)
+lowers the limit that choice sees.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
 
 __all__ = ["BatchAttention", "KERNEL_FAMILIES", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS",
-           "ctas_per_sm", "resolve_kernel_family", "select_kernel"]
+           "ctas_per_sm", "portable_compact_smem", "resolve_kernel_family", "select_kernel"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 
 KERNEL_FAMILIES = ("auto", "sm80", "sm90")
 KERNEL_FAMILY_ENV = "FI_BACKEND_KERNEL_FAMILY"
+MAX_SMEM_PER_BLOCK_ENV = "FI_BACKEND_MAX_SMEM_PER_BLOCK"
 SM90_CAPABILITY = (9, 0)
 SM90_IN_AUTO = True
 """Whether "auto" picks the Hopper family where it can run: validated against the oracle by
@@ -110,6 +115,51 @@ def _device_family(requested: str, dtype: torch.dtype, head_dim: int,
                                  sm90_supports=_sm90_supports(dtype, head_dim))
 
 
+def portable_compact_smem(full_bytes: int, compact_bytes: int, limit_bytes: int) -> bool:
+    """Whether the portable kernels run in their compact shared-memory footprint: where the
+    full one (deeper pipelines) needs more per block than the device grants. sm_86 and sm_89
+    grant 99 KB, so head_dim 128 and 256 run compact there; sm_80 grants 163 KB (head_dim 256
+    runs compact); sm_90 227 KB. Raises ValueError where neither fits."""
+    if full_bytes <= limit_bytes:
+        return False
+    if compact_bytes <= limit_bytes:
+        return True
+    raise ValueError(f"the portable attention kernels need {compact_bytes} bytes of shared "
+                     f"memory per block; this device grants {limit_bytes}")
+
+
+def _smem_limit_override() -> int | None:
+    value = os.environ.get(MAX_SMEM_PER_BLOCK_ENV)
+    if not value:
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ValueError(f"{MAX_SMEM_PER_BLOCK_ENV}={value!r} is not supported; supported: a "
+                         f"positive number of bytes")
+    return limit
+
+
+def _device_smem_limit(device: torch.device | str) -> int:
+    """The shared memory per block the device grants, lowered to FI_BACKEND_MAX_SMEM_PER_BLOCK
+    (bytes) where that is set: the portable kernels then run as on a GPU that grants that much
+    (how the compact footprint is tested and timed on an H100)."""
+    with torch.cuda.device(device):
+        limit = _C.device_max_smem_per_block()
+    override = _smem_limit_override()
+    return limit if override is None else min(limit, override)
+
+
+def _portable_compact(dtype: torch.dtype, head_dim: int, device: torch.device | str) -> bool:
+    name = _dtype_name(dtype)
+    return portable_compact_smem(
+        _C.batch_attention_smem_bytes(dtype=name, head_dim=head_dim, compact_smem=False),
+        _C.batch_attention_smem_bytes(dtype=name, head_dim=head_dim, compact_smem=True),
+        _device_smem_limit(device))
+
+
 def select_kernel(resolved: str, decode_plan: bool, kv_strides_shared: bool = True) -> str:
     """The kernel that runs one plan: "sm90" (Hopper family), "sm80" (portable, with prefill
     tiles) or "sm80_decode" (portable, built for decode tiles only).
@@ -139,7 +189,9 @@ def ctas_per_sm(dtype: torch.dtype, head_dim: int, device: torch.device | str = 
         if _device_family(requested, dtype, head_dim, device) == "sm90":
             return _C.batch_attention_sm90_ctas_per_sm(dtype=_dtype_name(dtype),
                                                        head_dim=head_dim)
-        return _C.batch_attention_ctas_per_sm(dtype=_dtype_name(dtype), head_dim=head_dim)
+        return _C.batch_attention_ctas_per_sm(
+            dtype=_dtype_name(dtype), head_dim=head_dim,
+            compact_smem=_portable_compact(dtype, head_dim, device))
 
 
 def _check_index_tensor(name: str, tensor, length: int) -> None:
@@ -198,6 +250,7 @@ class BatchAttention:
         self.family = _requested_family(family)
         self.decode_kernel = decode_kernel
         self._family_by_dtype: dict[torch.dtype, str] = {}
+        self._compact_by_dtype: dict[torch.dtype, bool] = {}
         if _C.BATCH_ATTENTION_MAX_TILE_ROWS != MAX_TILE_ROWS:
             raise RuntimeError(
                 f"fi_backend._C was built with {_C.BATCH_ATTENTION_MAX_TILE_ROWS} tile rows but "
@@ -229,6 +282,14 @@ class BatchAttention:
             self._family_by_dtype[dtype] = _device_family(self.family, dtype,
                                                           self.planner.head_dim, self.device)
         return self._family_by_dtype[dtype]
+
+    def portable_compact_smem(self, dtype: torch.dtype) -> bool:
+        """Whether the portable kernels run q of `dtype` in their compact shared-memory
+        footprint on this device (portable_compact_smem)."""
+        if dtype not in self._compact_by_dtype:
+            self._compact_by_dtype[dtype] = _portable_compact(dtype, self.planner.head_dim,
+                                                              self.device)
+        return self._compact_by_dtype[dtype]
 
     def plan(self, qo_indptr_host, kv_len_host, variant: AttentionVariant) -> Plan:
         """Plans one step (host arrays: qo_indptr int32 [B+1] exact, kv_len int32 [B] upper
@@ -344,6 +405,7 @@ class BatchAttention:
                 sinks=variant.sinks.data_ptr() if variant.sinks is not None else 0,
                 stream=current_raw_stream(self.device),
                 prefill_tiles=kernel != "sm80_decode",
+                compact_smem=kernel != "sm90" and self.portable_compact_smem(q.dtype),
             )
         return (o, lse) if lse is not None else o
 

@@ -1,5 +1,8 @@
-"""BatchAttention (persistent paged kernel + split-KV merge) against the float32 oracle
-(fi_backend.reference.batch_attention) on fresh random inputs.
+"""BatchAttention's portable family (persistent paged kernel + split-KV merge) against the
+float32 oracle (fi_backend.reference.batch_attention) on fresh random inputs. The family is
+pinned to "sm80" (on an H100 "auto" picks the Hopper one, which
+tests/test_attention_sm90_gpu.py covers by rerunning these cases), and every test checks that
+the portable launcher ran.
 
 Outputs are poisoned with NaN before each run, so a row the kernels forget fails; pages no
 request owns and the tail of each last page hold NaN too, so a read outside a request's
@@ -21,8 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from fi_backend import reference
-from fi_backend.attention import BatchAttention, ctas_per_sm
+from fi_backend import _C, reference
+from fi_backend.attention import (KERNEL_FAMILY_ENV, MAX_SMEM_PER_BLOCK_ENV, BatchAttention,
+                                  ctas_per_sm)
 from fi_backend.metadata.block_sparse import BlockSparseKV, split_kv_cache
 from fi_backend.metadata.plan_layout import HEADER_LEN, MAX_TILE_ROWS, PlanCapacity, PlanLayout
 from fi_backend.metadata.planner import Planner
@@ -32,6 +36,25 @@ pytestmark = pytest.mark.gpu
 
 RELATIVE_ERROR_BOUND = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 LSE_TOLERANCE = 2e-3
+# The per-block shared memory of sm_86 / sm_89 GPUs (A10, L4, L40, RTX 30xx/40xx).
+SM89_SMEM_PER_BLOCK = 99 * 1024
+
+
+@pytest.fixture(autouse=True)
+def portable_launches(monkeypatch):
+    """Pins the portable family and records each launch's (head_dim, prefill_tiles,
+    compact_smem); fails the test if the portable launcher never ran."""
+    monkeypatch.setenv(KERNEL_FAMILY_ENV, "sm80")
+    launches = []
+    launcher = _C.batch_attention
+
+    def recording_launcher(**kwargs):
+        launches.append((kwargs["head_dim"], kwargs["prefill_tiles"], kwargs["compact_smem"]))
+        return launcher(**kwargs)
+
+    monkeypatch.setattr(_C, "batch_attention", recording_launcher)
+    yield launches
+    assert launches, "the portable launcher did not run"
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,6 +325,21 @@ def test_skewed_decode_batch_splits():
 def test_decode_kernel_runs_prefill_items(head_dim):
     check_batch([1, 40, 200, 1], [300, 40, 700, 2000], head_dim=head_dim, variant="all",
                 decode_kernel_only=True, seed=21)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("decode_kernel_only", (False, True), ids=("mixed", "decode_kernel"))
+def test_compact_footprint_as_on_a_99_kb_gpu(head_dim, decode_kernel_only, monkeypatch,
+                                             portable_launches):
+    # The kernels an sm_86/sm_89 GPU runs: compact pipelines at head_dim 128 and 256 (the
+    # full ones need 100 KB and 200 KB), the full ones at 64 (64 KB fits).
+    monkeypatch.setenv(MAX_SMEM_PER_BLOCK_ENV, str(SM89_SMEM_PER_BLOCK))
+    check_batch([1, 40, 200, 1, 3], [300, 40, 700, 2000, 9], head_dim=head_dim, variant="all",
+                decode_kernel_only=decode_kernel_only, seed=23)
+    check_batch([1, 40, 200, 1, 3], [300, 40, 700, 2000, 9], head_dim=head_dim,
+                variant="causal", plan_kind="hand", chunks=lambda i: 1 + i % 3,
+                decode_kernel_only=decode_kernel_only, seed=24)
+    assert {compact for _, _, compact in portable_launches} == {head_dim > 64}
 
 
 def test_long_single_decode_and_prefill():

@@ -1,13 +1,15 @@
 """Choice of the attention kernel family (fi_backend.attention.resolve_kernel_family and the
-`family` argument / FI_BACKEND_KERNEL_FAMILY of BatchAttention), on the CPU."""
+`family` argument / FI_BACKEND_KERNEL_FAMILY of BatchAttention) and of the portable kernels'
+shared-memory footprint (portable_compact_smem, FI_BACKEND_MAX_SMEM_PER_BLOCK), on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 
+from fi_backend import _C
 from fi_backend import attention as attention_module
-from fi_backend.attention import (KERNEL_FAMILY_ENV, BatchAttention, resolve_kernel_family,
-                                  select_kernel)
+from fi_backend.attention import (KERNEL_FAMILY_ENV, MAX_SMEM_PER_BLOCK_ENV, BatchAttention,
+                                  portable_compact_smem, resolve_kernel_family, select_kernel)
 from fi_backend.metadata.planner import Planner
 
 H100 = (9, 0)
@@ -92,3 +94,47 @@ def test_select_kernel_sends_k_and_v_with_different_strides_to_the_portable_fami
     # The Hopper producer computes one cache offset per key for K and V alike.
     assert select_kernel("sm90", decode_plan=False, kv_strides_shared=False) == "sm80"
     assert select_kernel("sm90", decode_plan=True, kv_strides_shared=False) == "sm80_decode"
+
+
+# --- shared-memory footprint of the portable kernels ----------------------------------------
+
+# Opt-in shared memory per block (bytes) by compute capability (CUDA programming guide).
+SMEM_PER_BLOCK = {"sm_80": 163 * 1024, "sm_86/sm_89": 99 * 1024, "sm_90": 227 * 1024}
+
+
+def footprint(dtype, head_dim, limit_bytes):
+    full, compact = (_C.batch_attention_smem_bytes(dtype=dtype, head_dim=head_dim,
+                                                   compact_smem=compact)
+                     for compact in (False, True))
+    return "compact" if portable_compact_smem(full, compact, limit_bytes) else "full"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_portable_footprints_fit_every_sm80_plus_gpu(dtype):
+    # Full: Q + 3 decode stages of 64-key K and V tiles (head_dim 256: 8 + 192 KB); compact:
+    # 2 stages, and head_dim 256 runs decode items through its 2-stage prefill tile.
+    bytes_of = {(hd, c): _C.batch_attention_smem_bytes(dtype=dtype, head_dim=hd, compact_smem=c)
+                for hd in (64, 128, 256) for c in (False, True)}
+    assert bytes_of == {(64, False): 64 * 1024, (64, True): 64 * 1024,
+                        (128, False): 100 * 1024, (128, True): 68 * 1024,
+                        (256, False): 200 * 1024, (256, True): 96 * 1024}
+    assert {gpu: [footprint(dtype, hd, limit) for hd in (64, 128, 256)]
+            for gpu, limit in SMEM_PER_BLOCK.items()} == {
+        "sm_80": ["full", "full", "compact"],
+        "sm_86/sm_89": ["full", "compact", "compact"],
+        "sm_90": ["full", "full", "full"]}
+
+
+def test_a_device_too_small_for_either_footprint_is_refused():
+    with pytest.raises(ValueError, match="need 69632 bytes of shared memory per block; this "
+                                         "device grants 65536"):
+        portable_compact_smem(102400, 69632, 64 * 1024)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "99KB"])
+def test_the_shared_memory_limit_override_must_be_a_positive_byte_count(value, monkeypatch):
+    monkeypatch.setenv(MAX_SMEM_PER_BLOCK_ENV, value)
+    with pytest.raises(ValueError, match=f"{MAX_SMEM_PER_BLOCK_ENV}='{value}' is not supported"):
+        attention_module._smem_limit_override()
+    monkeypatch.setenv(MAX_SMEM_PER_BLOCK_ENV, "101376")
+    assert attention_module._smem_limit_override() == 101376

@@ -46,13 +46,31 @@ void check_launch(const BatchAttentionLaunch& l) {
   require(l.num_ctas >= 1 && l.num_merge_ctas >= 0, "num_ctas must be >= 1");
 }
 
-template <typename T, int HEAD_DIM>
-void launch_typed(const BatchAttentionLaunch& l) {
+// Calls f(std::bool_constant<COMPACT>) for the footprint whose kernels run (dtype, head_dim)
+// when `compact` is asked for: a head_dim without compact kernels of its own runs its full
+// ones, which fit the compact budget.
+template <typename T, int HEAD_DIM, typename F>
+decltype(auto) with_footprint(bool compact, F&& f) {
+  static_assert(fi_kernels::attention_smem_bytes<T, HEAD_DIM, true>() <=
+                    fi_kernels::kCompactSmemBytes,
+                "the compact footprint fits every sm80+ GPU");
+  if constexpr (fi_kernels::has_compact_kernels<T, HEAD_DIM>()) {
+    if (compact) return f(std::true_type{});
+  }
+  return f(std::false_type{});
+}
+
+template <typename T, int HEAD_DIM, bool COMPACT>
+void launch_footprint(const BatchAttentionLaunch& l) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(l.stream);
   // Both kernels get the same shared memory, so that the plan's CTA count fits either.
-  constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM>();
-  auto* attention = l.prefill_tiles ? fi_kernels::batch_attention_kernel<T, HEAD_DIM, true>
-                                    : fi_kernels::batch_attention_kernel<T, HEAD_DIM, false>;
+  constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM, COMPACT>();
+  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true, COMPACT>;
+  if constexpr (!fi_kernels::has_one_tile_shape<HEAD_DIM, COMPACT>()) {
+    if (!l.prefill_tiles) {
+      attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, false, COMPACT>;
+    }
+  }
   // Raising the dynamic shared-memory limit is per device; repeating it is cheap and keeps
   // multi-device processes right.
   FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -64,6 +82,13 @@ void launch_typed(const BatchAttentionLaunch& l) {
         <<<l.num_merge_ctas, fi_kernels::kMergeThreads, 0, stream>>>(l.params);
     FI_CHECK_LAUNCH("merge_partial_states_kernel");
   }
+}
+
+template <typename T, int HEAD_DIM>
+void launch_typed(const BatchAttentionLaunch& l) {
+  with_footprint<T, HEAD_DIM>(l.compact_smem, [&](auto compact) {
+    launch_footprint<T, HEAD_DIM, decltype(compact)::value>(l);
+  });
 }
 
 }  // namespace
@@ -80,26 +105,49 @@ void batch_attention(const BatchAttentionLaunch& launch) {
 namespace {
 
 template <typename T, int HEAD_DIM>
-int resident_ctas_typed() {
-  constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM>();
-  // The kernel with prefill tiles uses at least the registers of the decode-only one.
-  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true>;
-  FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     kSmemBytes));
-  int ctas = 0;
-  FI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &ctas, attention, fi_kernels::kAttentionThreads, kSmemBytes));
-  return ctas;
+int resident_ctas_typed(bool compact) {
+  return with_footprint<T, HEAD_DIM>(compact, [](auto footprint) {
+    constexpr bool kCompact = decltype(footprint)::value;
+    constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM, kCompact>();
+    // The kernel with prefill tiles uses at least the registers of the decode-only one.
+    auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true, kCompact>;
+    FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       kSmemBytes));
+    int ctas = 0;
+    FI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &ctas, attention, fi_kernels::kAttentionThreads, kSmemBytes));
+    return ctas;
+  });
 }
 
 }  // namespace
 
-int batch_attention_ctas_per_sm(DType dtype, int head_dim) {
-  return dispatch_dtype_head_dim(dtype, head_dim, "batch_attention",
-                                 [](auto element, auto head_dim_tag) {
-                                   return resident_ctas_typed<typename decltype(element)::type,
-                                                              decltype(head_dim_tag)::value>();
-                                 });
+int batch_attention_ctas_per_sm(DType dtype, int head_dim, bool compact_smem) {
+  return dispatch_dtype_head_dim(
+      dtype, head_dim, "batch_attention", [&](auto element, auto head_dim_tag) {
+        return resident_ctas_typed<typename decltype(element)::type,
+                                   decltype(head_dim_tag)::value>(compact_smem);
+      });
+}
+
+int batch_attention_smem_bytes(DType dtype, int head_dim, bool compact_smem) {
+  return dispatch_dtype_head_dim(
+      dtype, head_dim, "batch_attention", [&](auto element, auto head_dim_tag) {
+        using T = typename decltype(element)::type;
+        constexpr int kHeadDim = decltype(head_dim_tag)::value;
+        return with_footprint<T, kHeadDim>(compact_smem, [](auto footprint) {
+          return fi_kernels::attention_smem_bytes<T, kHeadDim, decltype(footprint)::value>();
+        });
+      });
+}
+
+int device_max_smem_per_block() {
+  int device = 0;
+  FI_CUDA_CHECK(cudaGetDevice(&device));
+  int bytes = 0;
+  FI_CUDA_CHECK(
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
 }
 
 }  // namespace fi_backend

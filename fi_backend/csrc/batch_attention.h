@@ -23,6 +23,10 @@ struct BatchAttentionLaunch {
   // kernel built without the prefill tile shape runs it (fewer registers, no spills in the
   // decode loop). The Hopper launcher has one kernel for all items and ignores it.
   bool prefill_tiles = true;
+  // true: the portable kernels of the compact shared-memory footprint (at most
+  // fi_kernels::kCompactSmemBytes per block, for GPUs that grant no more, e.g. sm_86/sm_89).
+  // The Hopper launcher ignores it.
+  bool compact_smem = false;
   std::uintptr_t stream;  // cudaStream_t
 };
 
@@ -31,8 +35,14 @@ struct BatchAttentionLaunch {
 // fi_kernels::CudaError when CUDA fails.
 void batch_attention(const BatchAttentionLaunch& launch);
 
-// How many attention CTAs fit one SM of the current device at once (registers and shared
-// memory); a plan's CTA count is best a multiple of SMs x this.
-int batch_attention_ctas_per_sm(DType dtype, int head_dim);
+// How many attention CTAs of the given footprint fit one SM of the current device at once
+// (registers and shared memory); a plan's CTA count is best a multiple of SMs x this.
+int batch_attention_ctas_per_sm(DType dtype, int head_dim, bool compact_smem);
+
+// Dynamic shared memory per block of the attention kernels of the given footprint.
+int batch_attention_smem_bytes(DType dtype, int head_dim, bool compact_smem);
+
+// The most dynamic shared memory the current device grants one block (opt-in limit).
+int device_max_smem_per_block();
 
 }  // namespace fi_backend

@@ -73,7 +73,7 @@ void def_batch_attention(pybind11::module_& m, const char* name, Launcher launch
                  const std::map<std::string, std::int64_t>& plan_offsets, int num_ctas,
                  int num_merge_ctas, bool causal, int window_left, float logits_soft_cap,
                  float sm_scale, std::uintptr_t alibi_slopes, std::uintptr_t sinks,
-                 std::uintptr_t stream, bool prefill_tiles) {
+                 std::uintptr_t stream, bool prefill_tiles, bool compact_smem) {
         BatchAttentionLaunch launch;
         launch.dtype = parse_dtype(dtype);
         launch.head_dim = head_dim;
@@ -127,6 +127,7 @@ void def_batch_attention(pybind11::module_& m, const char* name, Launcher launch
         launch.num_merge_ctas = num_merge_ctas;
         launch.stream = stream;
         launch.prefill_tiles = prefill_tiles;
+        launch.compact_smem = compact_smem;
         launcher(launch);
       },
       py::kw_only(), py::arg("dtype"), py::arg("head_dim"), py::arg("q"), py::arg("q_strides"),
@@ -137,7 +138,8 @@ void def_batch_attention(pybind11::module_& m, const char* name, Launcher launch
       py::arg("partial_lse"), py::arg("plan"), py::arg("plan_offsets"), py::arg("num_ctas"),
       py::arg("num_merge_ctas"), py::arg("causal"), py::arg("window_left"),
       py::arg("logits_soft_cap"), py::arg("sm_scale"), py::arg("alibi_slopes"), py::arg("sinks"),
-      py::arg("stream"), py::arg("prefill_tiles") = true, doc);
+      py::arg("stream"), py::arg("prefill_tiles") = true, py::arg("compact_smem") = false,
+      doc);
 }
 
 }  // namespace fi_backend

@@ -23,14 +23,26 @@ void bind_batch_attention(py::module_& m) {
       "and the stream are integers, strides are in elements: q/o (token, head), lse (token, "
       "head; lse=0 skips it), k/v (page, token, head). Raises ValueError for arguments outside "
       "the contract and RuntimeError when CUDA reports an error. prefill_tiles=False (the plan "
-      "has no work item of more than 16 rows) runs the kernel built for decode tiles only.");
+      "has no work item of more than 16 rows) runs the kernel built for decode tiles only; "
+      "compact_smem=True runs the kernels of the compact shared-memory footprint.");
   m.def(
       "batch_attention_ctas_per_sm",
-      [](const std::string& dtype, int head_dim) {
-        return batch_attention_ctas_per_sm(parse_dtype(dtype), head_dim);
+      [](const std::string& dtype, int head_dim, bool compact_smem) {
+        return batch_attention_ctas_per_sm(parse_dtype(dtype), head_dim, compact_smem);
       },
-      py::arg("dtype"), py::arg("head_dim"),
-      "Attention CTAs that fit one SM of the current device at once.");
+      py::arg("dtype"), py::arg("head_dim"), py::arg("compact_smem") = false,
+      "Attention CTAs of the given shared-memory footprint that fit one SM of the current "
+      "device at once.");
+  m.def(
+      "batch_attention_smem_bytes",
+      [](const std::string& dtype, int head_dim, bool compact_smem) {
+        return batch_attention_smem_bytes(parse_dtype(dtype), head_dim, compact_smem);
+      },
+      py::arg("dtype"), py::arg("head_dim"), py::arg("compact_smem") = false,
+      "Dynamic shared memory per block (bytes) of the portable attention kernels of the given "
+      "footprint.");
+  m.def("device_max_smem_per_block", &device_max_smem_per_block,
+        "The most dynamic shared memory (bytes) the current CUDA device grants one block.");
   m.attr("BATCH_ATTENTION_MAX_TILE_ROWS") = fi_kernels::kMaxTileRows;
 }
 

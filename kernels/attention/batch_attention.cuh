@@ -70,18 +70,31 @@ struct TileShape {
   static_assert(kMaxTileRows % kTileRows == 0, "a plan tile is a whole number of tiles");
 };
 
+// Shared memory per block that every sm80+ GPU grants: 99 KB on sm_86 and sm_89 (A10, A40,
+// L4, L40, RTX 30xx/40xx; sm_80 grants 163 KB, sm_90 227 KB). The shapes come in two
+// footprints: full (3-stage decode pipelines, up to 200 KB at head_dim 256) where the device
+// grants it, compact (COMPACT = true, within kCompactSmemBytes) elsewhere.
+constexpr int kCompactSmemBytes = 99 * 1024;
+
 // Prefill: 128-row tiles (4 warps x 32 rows, as FlashAttention-2 runs them), so each K/V
 // tile loaded serves 32 query tokens of a GQA-4 group. KV tiles of 32 keys at head_dim 128
 // (64 keys there spill 240 B beside 32-row accumulators), 64 at head_dim 64; Q + 2 stages of
 // K/V take 64 KB at head_dim 128. head_dim 256 keeps one row block per warp (64-row tiles,
-// run twice for a 128-row item): two would need 256 accumulator registers.
-template <int HEAD_DIM>
+// run twice for a 128-row item): two would need 256 accumulator registers; its compact
+// footprint has 2 stages instead of 3 (96 KB).
+template <int HEAD_DIM, bool COMPACT>
 using PrefillShape = std::conditional_t<
-    (HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, 3>,
+    (HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, (COMPACT ? 2 : 3)>,
     TileShape<HEAD_DIM, 4, 1, (HEAD_DIM > 64 ? 32 : 64), 2, (HEAD_DIM > 64 ? 2 : 3)>>;
-// Decode: memory-bound, so 3 stages (2 tiles in flight while one is used).
-template <int HEAD_DIM>
-using DecodeShape = TileShape<HEAD_DIM, 1, 4, 64, 1, 3>;
+// Decode: memory-bound, so 3 stages (2 tiles in flight while one is used); 2 in the compact
+// footprint. At head_dim 256 even two 64-key stages (136 KB) exceed the compact budget, so
+// there decode items run through the compact prefill tile (the first of its 4 row groups
+// holds the rows).
+template <int HEAD_DIM, bool COMPACT>
+using DecodeShape =
+    std::conditional_t<!COMPACT, TileShape<HEAD_DIM, 1, 4, 64, 1, 3>,
+                       std::conditional_t<(HEAD_DIM > 128), PrefillShape<HEAD_DIM, true>,
+                                          TileShape<HEAD_DIM, 1, 4, 64, 1, 2>>>;
 
 // Shared memory of one tile shape: the Q tile, then kStages K and kStages V buffers. Both
 // shapes use the same dynamic allocation (the larger of the two).
@@ -104,12 +117,26 @@ struct AttentionSmem {
   __device__ __forceinline__ float* scratch() const { return reinterpret_cast<float*>(k); }
 };
 
-// Dynamic shared memory of the attention kernel for one (dtype, head_dim).
-template <typename T, int HEAD_DIM>
+// Dynamic shared memory of the attention kernel for one (dtype, head_dim, footprint).
+template <typename T, int HEAD_DIM, bool COMPACT>
 constexpr int attention_smem_bytes() {
-  constexpr int prefill = AttentionSmem<T, PrefillShape<HEAD_DIM>>::kBytes;
-  constexpr int decode = AttentionSmem<T, DecodeShape<HEAD_DIM>>::kBytes;
+  constexpr int prefill = AttentionSmem<T, PrefillShape<HEAD_DIM, COMPACT>>::kBytes;
+  constexpr int decode = AttentionSmem<T, DecodeShape<HEAD_DIM, COMPACT>>::kBytes;
   return prefill > decode ? prefill : decode;
+}
+
+// Whether a footprint runs every item through one tile shape (compact head_dim 256): its
+// kernels with and without prefill tiles would be the same, so only the first is built.
+template <int HEAD_DIM, bool COMPACT>
+constexpr bool has_one_tile_shape() {
+  return std::is_same_v<PrefillShape<HEAD_DIM, COMPACT>, DecodeShape<HEAD_DIM, COMPACT>>;
+}
+
+// Whether a (dtype, head_dim) has compact kernels of its own: where the full footprint
+// already fits the compact budget (head_dim 64), it serves both.
+template <typename T, int HEAD_DIM>
+constexpr bool has_compact_kernels() {
+  return attention_smem_bytes<T, HEAD_DIM, false>() > kCompactSmemBytes;
 }
 
 // Zeroes MMA accumulator fragments [row blocks][n-blocks][4] (registers once unrolled).
@@ -480,33 +507,41 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
   }
 }
 
+// Runs every row of one work item, Shape::kTileRows rows at a time.
+template <typename T, typename Shape>
+__device__ __forceinline__ void attend_item(const BatchAttentionParams& p,
+                                            const AttentionVariant& variant,
+                                            const WorkItem& item, std::uint8_t* smem_base) {
+  for (int row0 = 0; row0 < item.rows; row0 += Shape::kTileRows) {
+    if (row0 > 0) __syncthreads();  // the next rows overwrite shared memory
+    attend_tile<T, Shape>(p, variant, item, row0, smem_base);
+  }
+}
+
 // PREFILL_TILES = false compiles the kernel without the prefill tile shape: ptxas then sizes
 // registers for the decode tile alone (inlined next to the 32-row prefill accumulators, the
 // decode loop spills, costing ~4 % of bandwidth at large decode batches). Such a kernel
 // still runs any plan: items of more than kDecodeMaxRows rows go through the decode shape
 // kDecodeMaxRows rows at a time (correct, slower), so a CUDA graph captured on a decode batch
 // stays valid if it is replayed on a mixed one.
-template <typename T, int HEAD_DIM, bool PREFILL_TILES>
+// COMPACT picks the footprint (kCompactSmemBytes above).
+template <typename T, int HEAD_DIM, bool PREFILL_TILES, bool COMPACT>
 __global__ void __launch_bounds__(kAttentionThreads)
     batch_attention_kernel(const BatchAttentionParams p) {
   extern __shared__ __align__(16) std::uint8_t smem_base[];
-  using Prefill = PrefillShape<HEAD_DIM>;
-  using Decode = DecodeShape<HEAD_DIM>;
+  using Prefill = PrefillShape<HEAD_DIM, COMPACT>;
+  using Decode = DecodeShape<HEAD_DIM, COMPACT>;
   const AttentionVariant variant{p.variant};
   const int first = p.plan.cta_work_indptr[blockIdx.x];
   const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
   for (int w = first; w < last; ++w) {
     const WorkItem item = load_work_item(p, variant, w);
-    if (PREFILL_TILES && item.rows > kDecodeMaxRows) {
-      for (int row0 = 0; row0 < item.rows; row0 += Prefill::kTileRows) {
-        if (row0 > 0) __syncthreads();  // the next rows overwrite shared memory
-        attend_tile<T, Prefill>(p, variant, item, row0, smem_base);
-      }
+    if constexpr (has_one_tile_shape<HEAD_DIM, COMPACT>()) {
+      attend_item<T, Prefill>(p, variant, item, smem_base);
+    } else if (PREFILL_TILES && item.rows > kDecodeMaxRows) {
+      attend_item<T, Prefill>(p, variant, item, smem_base);
     } else {
-      for (int row0 = 0; row0 < item.rows; row0 += Decode::kTileRows) {
-        if (row0 > 0) __syncthreads();
-        attend_tile<T, Decode>(p, variant, item, row0, smem_base);
-      }
+      attend_item<T, Decode>(p, variant, item, smem_base);
     }
     __syncthreads();  // the next item overwrites shared memory
   }
