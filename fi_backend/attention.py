@@ -132,14 +132,10 @@ def _smem_limit_override() -> int | None:
     value = os.environ.get(MAX_SMEM_PER_BLOCK_ENV)
     if not value:
         return None
-    try:
-        limit = int(value)
-    except ValueError:
-        limit = 0
-    if limit <= 0:
+    if not value.isdigit() or int(value) == 0:
         raise ValueError(f"{MAX_SMEM_PER_BLOCK_ENV}={value!r} is not supported; supported: a "
                          f"positive number of bytes")
-    return limit
+    return int(value)
 
 
 def _device_smem_limit(device: torch.device | str) -> int:
