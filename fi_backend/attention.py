@@ -42,7 +42,7 @@ from fi_backend.metadata.planner import Plan, Planner
 from fi_backend.variants import AttentionVariant
 
 __all__ = ["BatchAttention", "KERNEL_FAMILIES", "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS",
-           "ctas_per_sm", "portable_compact_smem", "resolve_kernel_family", "select_kernel"]
+           "compact_smem_needed", "ctas_per_sm", "resolve_kernel_family", "select_kernel"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
@@ -115,7 +115,7 @@ def _device_family(requested: str, dtype: torch.dtype, head_dim: int,
                                  sm90_supports=_sm90_supports(dtype, head_dim))
 
 
-def portable_compact_smem(full_bytes: int, compact_bytes: int, limit_bytes: int) -> bool:
+def compact_smem_needed(full_bytes: int, compact_bytes: int, limit_bytes: int) -> bool:
     """Whether the portable kernels run in their compact shared-memory footprint: where the
     full one (deeper pipelines) needs more per block than the device grants. sm_86 and sm_89
     grant 99 KB, so head_dim 128 and 256 run compact there; sm_80 grants 163 KB (head_dim 256
@@ -150,7 +150,7 @@ def _device_smem_limit(device: torch.device | str) -> int:
 
 def _portable_compact(dtype: torch.dtype, head_dim: int, device: torch.device | str) -> bool:
     name = _dtype_name(dtype)
-    return portable_compact_smem(
+    return compact_smem_needed(
         _C.batch_attention_smem_bytes(dtype=name, head_dim=head_dim, compact_smem=False),
         _C.batch_attention_smem_bytes(dtype=name, head_dim=head_dim, compact_smem=True),
         _device_smem_limit(device))
@@ -281,7 +281,7 @@ class BatchAttention:
 
     def portable_compact_smem(self, dtype: torch.dtype) -> bool:
         """Whether the portable kernels run q of `dtype` in their compact shared-memory
-        footprint on this device (portable_compact_smem)."""
+        footprint on this device (compact_smem_needed)."""
         if dtype not in self._compact_by_dtype:
             self._compact_by_dtype[dtype] = _portable_compact(dtype, self.planner.head_dim,
                                                               self.device)

@@ -1,6 +1,6 @@
 """Choice of the attention kernel family (fi_backend.attention.resolve_kernel_family and the
 `family` argument / FI_BACKEND_KERNEL_FAMILY of BatchAttention) and of the portable kernels'
-shared-memory footprint (portable_compact_smem, FI_BACKEND_MAX_SMEM_PER_BLOCK), on the CPU."""
+shared-memory footprint (compact_smem_needed, FI_BACKEND_MAX_SMEM_PER_BLOCK), on the CPU."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from fi_backend import _C
 from fi_backend import attention as attention_module
 from fi_backend.attention import (KERNEL_FAMILY_ENV, MAX_SMEM_PER_BLOCK_ENV, BatchAttention,
-                                  portable_compact_smem, resolve_kernel_family, select_kernel)
+                                  compact_smem_needed, resolve_kernel_family, select_kernel)
 from fi_backend.metadata.planner import Planner
 
 H100 = (9, 0)
@@ -106,7 +106,7 @@ def footprint(dtype, head_dim, limit_bytes):
     full, compact = (_C.batch_attention_smem_bytes(dtype=dtype, head_dim=head_dim,
                                                    compact_smem=compact)
                      for compact in (False, True))
-    return "compact" if portable_compact_smem(full, compact, limit_bytes) else "full"
+    return "compact" if compact_smem_needed(full, compact, limit_bytes) else "full"
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -128,7 +128,7 @@ def test_portable_footprints_fit_every_sm80_plus_gpu(dtype):
 def test_a_device_too_small_for_either_footprint_is_refused():
     with pytest.raises(ValueError, match="need 69632 bytes of shared memory per block; this "
                                          "device grants 65536"):
-        portable_compact_smem(102400, 69632, 64 * 1024)
+        compact_smem_needed(102400, 69632, 64 * 1024)
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "99KB"])

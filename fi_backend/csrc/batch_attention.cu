@@ -60,22 +60,27 @@ decltype(auto) with_footprint(bool compact, F&& f) {
   return f(std::false_type{});
 }
 
+// The attention kernel of a footprint, with or without prefill tiles, its dynamic
+// shared-memory limit raised. Both kernels of a footprint get the same shared memory, so that
+// a plan's CTA count fits either. The limit is per device; setting it each time keeps
+// multi-device processes right and costs little.
+template <typename T, int HEAD_DIM, bool COMPACT>
+auto* configured_kernel(bool prefill_tiles) {
+  auto* kernel = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true, COMPACT>;
+  if constexpr (!fi_kernels::has_one_tile_shape<HEAD_DIM, COMPACT>()) {
+    if (!prefill_tiles) kernel = fi_kernels::batch_attention_kernel<T, HEAD_DIM, false, COMPACT>;
+  }
+  FI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     fi_kernels::attention_smem_bytes<T, HEAD_DIM, COMPACT>()));
+  return kernel;
+}
+
 template <typename T, int HEAD_DIM, bool COMPACT>
 void launch_footprint(const BatchAttentionLaunch& l) {
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(l.stream);
-  // Both kernels get the same shared memory, so that the plan's CTA count fits either.
   constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM, COMPACT>();
-  auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true, COMPACT>;
-  if constexpr (!fi_kernels::has_one_tile_shape<HEAD_DIM, COMPACT>()) {
-    if (!l.prefill_tiles) {
-      attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, false, COMPACT>;
-    }
-  }
-  // Raising the dynamic shared-memory limit is per device; repeating it is cheap and keeps
-  // multi-device processes right.
-  FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     kSmemBytes));
-  attention<<<l.num_ctas, fi_kernels::kAttentionThreads, kSmemBytes, stream>>>(l.params);
+  configured_kernel<T, HEAD_DIM, COMPACT>(l.prefill_tiles)
+      <<<l.num_ctas, fi_kernels::kAttentionThreads, kSmemBytes, stream>>>(l.params);
   FI_CHECK_LAUNCH("batch_attention_kernel");
   if (l.num_merge_ctas > 0) {
     fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>
@@ -108,14 +113,12 @@ template <typename T, int HEAD_DIM>
 int resident_ctas_typed(bool compact) {
   return with_footprint<T, HEAD_DIM>(compact, [](auto footprint) {
     constexpr bool kCompact = decltype(footprint)::value;
-    constexpr int kSmemBytes = fi_kernels::attention_smem_bytes<T, HEAD_DIM, kCompact>();
     // The kernel with prefill tiles uses at least the registers of the decode-only one.
-    auto* attention = fi_kernels::batch_attention_kernel<T, HEAD_DIM, true, kCompact>;
-    FI_CUDA_CHECK(cudaFuncSetAttribute(attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       kSmemBytes));
+    auto* attention = configured_kernel<T, HEAD_DIM, kCompact>(/*prefill_tiles=*/true);
     int ctas = 0;
     FI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &ctas, attention, fi_kernels::kAttentionThreads, kSmemBytes));
+        &ctas, attention, fi_kernels::kAttentionThreads,
+        fi_kernels::attention_smem_bytes<T, HEAD_DIM, kCompact>()));
     return ctas;
   });
 }
