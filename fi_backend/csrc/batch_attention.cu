@@ -40,6 +40,14 @@ void check_launch(const BatchAttentionLaunch& l) {
               aligned_view(p.k, {p.k_stride_page, p.k_stride_token, p.k_stride_head}) &&
               aligned_view(p.v, {p.v_stride_page, p.v_stride_token, p.v_stride_head}),
           "q, k and v need 16-byte aligned pointers and strides that are multiples of 8 elements");
+  // The paged loader builds row addresses from 32-bit byte strides (kernels/attention/paged_kv.cuh).
+  constexpr std::int64_t kMaxRowStride = std::int64_t{1} << 30;
+  for (const std::int64_t stride :
+       {p.k_stride_page, p.k_stride_token, p.v_stride_page, p.v_stride_token}) {
+    require(stride >= 0 && stride < kMaxRowStride,
+            "k and v page and token strides must be in [0, 2^30) elements; got " +
+                std::to_string(stride));
+  }
   require(is_aligned(reinterpret_cast<std::uintptr_t>(p.o), 4) && p.o_stride_token % 2 == 0 &&
               p.o_stride_head % 2 == 0,
           "o needs a 4-byte aligned pointer and even strides");

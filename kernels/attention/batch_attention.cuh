@@ -35,6 +35,7 @@ namespace fi_kernels {
 constexpr int kAttentionThreads = 128;
 constexpr int kAttentionWarps = kAttentionThreads / 32;
 constexpr int kDecodeMaxRows = 16;
+constexpr int kSmemBaseAlignment = 1024;
 // -inf as a compile-time float (__int_as_float is not constexpr).
 constexpr float kNegInf = -__builtin_huge_valf();
 
@@ -77,15 +78,17 @@ struct TileShape {
 constexpr int kCompactSmemBytes = 99 * 1024;
 
 // Prefill: 128-row tiles (4 warps x 32 rows, as FlashAttention-2 runs them), so each K/V
-// tile loaded serves 32 query tokens of a GQA-4 group. KV tiles of 32 keys at head_dim 128
-// (64 keys there spill 240 B beside 32-row accumulators), 64 at head_dim 64; Q + 2 stages of
-// K/V take 64 KB at head_dim 128. head_dim 256 keeps one row block per warp (64-row tiles,
-// run twice for a 128-row item): two would need 256 accumulator registers; its compact
-// footprint has 2 stages instead of 3 (96 KB).
+// tile loaded serves 32 query tokens of a GQA-4 group. KV tiles of 64 keys at head_dim 64 and
+// 128 (Q + 2 stages of K/V: 96 KB at 128). 64-key tiles at head_dim 128 halve the softmax
+// and barrier work per key against 32-key ones; they fit the registers (80 B of spill) once
+// the decode tile is out of line, ldmatrix addresses step by XOR and loader strides are
+// 32-bit. head_dim 256 keeps one row block per warp (64-row tiles, run twice for a 128-row
+// item): two would need 256 accumulator registers; its compact footprint has 2 stages
+// instead of 3 (96 KB).
 template <int HEAD_DIM, bool COMPACT>
 using PrefillShape = std::conditional_t<
     (HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, (COMPACT ? 2 : 3)>,
-    TileShape<HEAD_DIM, 4, 1, (HEAD_DIM > 64 ? 32 : 64), 2, (HEAD_DIM > 64 ? 2 : 3)>>;
+    TileShape<HEAD_DIM, 4, 1, 64, 2, (HEAD_DIM > 64 ? 2 : 3)>>;
 // Decode: memory-bound, so 3 stages (2 tiles in flight while one is used); 2 in the compact
 // footprint. At head_dim 256 even two 64-key stages (136 KB) exceed the compact budget, so
 // there decode items run through the compact prefill tile (the first of its 4 row groups
@@ -196,12 +199,14 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
   }
 
   Loader loader;
-  loader.k_head = static_cast<const T*>(p.k) + item.kv_head * p.k_stride_head;
-  loader.v_head = static_cast<const T*>(p.v) + item.kv_head * p.v_stride_head;
-  loader.k_stride_page = p.k_stride_page;
-  loader.k_stride_token = p.k_stride_token;
-  loader.v_stride_page = p.v_stride_page;
-  loader.v_stride_token = p.v_stride_token;
+  loader.k_head = reinterpret_cast<const std::uint8_t*>(static_cast<const T*>(p.k) +
+                                                        item.kv_head * p.k_stride_head);
+  loader.v_head = reinterpret_cast<const std::uint8_t*>(static_cast<const T*>(p.v) +
+                                                        item.kv_head * p.v_stride_head);
+  loader.k_page_bytes = static_cast<std::uint32_t>(p.k_stride_page * sizeof(T));
+  loader.k_token_bytes = static_cast<std::uint32_t>(p.k_stride_token * sizeof(T));
+  loader.v_page_bytes = static_cast<std::uint32_t>(p.v_stride_page * sizeof(T));
+  loader.v_token_bytes = static_cast<std::uint32_t>(p.v_stride_token * sizeof(T));
   loader.pages = p.kv_indices + item.page_begin;
   loader.page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
   loader.kv_hi = item.kv_hi;
@@ -253,6 +258,16 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
     }
   }
 
+  // Each lane's ldmatrix addresses at column step 0 (see SwizzledTile::step_columns): its row
+  // of the warp's first Q row block, of the warp's first 16 keys in a K stage (x4 matrices:
+  // keys 0-7 and 8-15 at steps 2kk and 2kk + 1) and of a V stage (transposed: keys 0-15).
+  const int key0 = warp_kv * kWarpKv;  // first key of this warp within a tile
+  const std::uint32_t q_lane = mma::smem_addr(smem.q + Tile::offset(warp_row0 + lane % 16,
+                                                                    lane / 16));
+  const std::uint32_t k_lane_bytes =
+      2 * Tile::offset(key0 + (lane / 16) * 8 + lane % 8, (lane / 8) % 2);
+  const std::uint32_t v_lane_bytes = 2 * Tile::offset(key0 + lane % 16, lane / 16);
+
   // Without a logit transform, S stays the raw dot product and the scale to base-2 logits
   // rides in the exponent's FFMA: p = 2^(s * s_to_log2 - max) (FlashAttention-2's trick).
   // With one, S is turned into base-2 logits first and s_to_log2 is 1.
@@ -272,27 +287,24 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
     }
     mma::cp_async_commit();
 
-    const int key0 = warp_kv * kWarpKv;  // first key of this warp within the tile
     float s[kRowBlocks][kBlocksS][4];
     if (warp_has_rows) {
       // S = Q K^T for the warp's rows x kWarpKv keys.
-      const T* k_tile = smem.k_stage(stage);
+      const std::uint32_t k_lane = mma::smem_addr(smem.k_stage(stage)) + k_lane_bytes;
       zero_fragments(s);
-#pragma unroll
+#pragma unroll 2
       for (int kk = 0; kk < D / 16; ++kk) {
         std::uint32_t a[kRowBlocks][4];
+        const std::uint32_t q_kk = Tile::step_columns(q_lane, kk);
 #pragma unroll
         for (int mb = 0; mb < kRowBlocks; ++mb) {
-          mma::ldmatrix_x4(a[mb], mma::smem_addr(smem.q + Tile::offset(
-                                                    warp_row0 + mb * 16 + lane % 16,
-                                                    2 * kk + lane / 16)));
+          mma::ldmatrix_x4(a[mb], q_kk + mb * 16 * Tile::kRowBytes);
         }
+        const std::uint32_t k_kk = Tile::step_columns(k_lane, kk);
 #pragma unroll
         for (int i = 0; i < kBlocksS / 2; ++i) {
           std::uint32_t b[4];
-          const int key = key0 + 16 * i + (lane / 16) * 8 + lane % 8;
-          mma::ldmatrix_x4(b,
-                           mma::smem_addr(k_tile + Tile::offset(key, 2 * kk + (lane / 8) % 2)));
+          mma::ldmatrix_x4(b, k_kk + 16 * i * Tile::kRowBytes);
 #pragma unroll
           for (int mb = 0; mb < kRowBlocks; ++mb) {
             mma::mma_16816<T>(s[mb][2 * i], a[mb], b[0], b[1]);
@@ -400,7 +412,7 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
 
     if (warp_has_rows) {
       // O += P V over the warp's keys.
-      const T* v_tile = smem.v_stage(stage);
+      const std::uint32_t v_lane = mma::smem_addr(smem.v_stage(stage)) + v_lane_bytes;
 #pragma unroll
       for (int kk = 0; kk < kWarpKv / 16; ++kk) {
         std::uint32_t a[kRowBlocks][4];
@@ -411,12 +423,11 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
           a[mb][2] = mma::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
           a[mb][3] = mma::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
         }
-        const int key = key0 + 16 * kk + lane % 16;
 #pragma unroll
         for (int jj = 0; jj < D / 16; ++jj) {
           std::uint32_t b[4];
-          mma::ldmatrix_x4_trans(b,
-                                 mma::smem_addr(v_tile + Tile::offset(key, 2 * jj + lane / 16)));
+          mma::ldmatrix_x4_trans(
+              b, Tile::step_columns(v_lane, jj) + 16 * kk * Tile::kRowBytes);
 #pragma unroll
           for (int mb = 0; mb < kRowBlocks; ++mb) {
             mma::mma_16816<T>(o[mb][2 * jj], a[mb], b[0], b[1]);
@@ -518,6 +529,20 @@ __device__ __forceinline__ void attend_item(const BatchAttentionParams& p,
   }
 }
 
+// An item's decode tiles as a call of its own, for the kernel that also has prefill tiles:
+// ptxas then allocates the prefill path's registers without the decode path's live ranges
+// inlined beside them (sm_80, head_dim 128, 32-key prefill tiles: 84 B of spill inlined, 16 B
+// apart; this made room for 64-key tiles: 80 B in the prefill path, 32 B in this call). The
+// call happens between items, where little is live, so it costs a few saved registers per
+// decode item.
+template <typename T, typename Shape>
+__device__ __noinline__ void attend_item_out_of_line(const BatchAttentionParams& p,
+                                                     const AttentionVariant& variant,
+                                                     const WorkItem& item,
+                                                     std::uint8_t* smem_base) {
+  attend_item<T, Shape>(p, variant, item, smem_base);
+}
+
 // PREFILL_TILES = false compiles the kernel without the prefill tile shape: ptxas then sizes
 // registers for the decode tile alone (inlined next to the 32-row prefill accumulators, the
 // decode loop spills, costing ~4 % of bandwidth at large decode batches). Such a kernel
@@ -527,8 +552,12 @@ __device__ __forceinline__ void attend_item(const BatchAttentionParams& p,
 // COMPACT picks the footprint (kCompactSmemBytes above).
 template <typename T, int HEAD_DIM, bool PREFILL_TILES, bool COMPACT>
 __global__ void __launch_bounds__(kAttentionThreads)
-    batch_attention_kernel(const BatchAttentionParams p) {
-  extern __shared__ __align__(16) std::uint8_t smem_base[];
+    batch_attention_kernel(const __grid_constant__ BatchAttentionParams p) {
+  // Aligned for SwizzledTile::step_columns: every tile starts at a multiple of its row bytes
+  // from here (AttentionSmem). One alignment for every instantiation: they share the symbol.
+  extern __shared__ __align__(kSmemBaseAlignment) std::uint8_t smem_base[];
+  static_assert(kSmemBaseAlignment % SwizzledTile<HEAD_DIM>::kBaseAlignment == 0,
+                "the shared-memory base is aligned for step_columns");
   using Prefill = PrefillShape<HEAD_DIM, COMPACT>;
   using Decode = DecodeShape<HEAD_DIM, COMPACT>;
   const AttentionVariant variant{p.variant};
@@ -541,7 +570,11 @@ __global__ void __launch_bounds__(kAttentionThreads)
     } else if (PREFILL_TILES && item.rows > kDecodeMaxRows) {
       attend_item<T, Prefill>(p, variant, item, smem_base);
     } else {
-      attend_item<T, Decode>(p, variant, item, smem_base);
+      if constexpr (PREFILL_TILES) {
+        attend_item_out_of_line<T, Decode>(p, variant, item, smem_base);
+      } else {
+        attend_item<T, Decode>(p, variant, item, smem_base);
+      }
     }
     __syncthreads();  // the next item overwrites shared memory
   }

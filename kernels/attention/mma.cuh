@@ -103,11 +103,37 @@ template <int HEAD_DIM>
 struct SwizzledTile {
   static_assert(HEAD_DIM % 64 == 0, "the XOR swizzle needs at least 8 chunks per row");
   static constexpr int kChunksPerRow = HEAD_DIM / 8;
+  static constexpr int kRowBytes = HEAD_DIM * 2;
+  // A tile must start at a multiple of this in the shared window for step_columns to hold.
+  static constexpr int kBaseAlignment = kRowBytes;
 
   // Offset in elements of logical chunk `chunk` of row `row`.
-  __device__ __forceinline__ static int offset(int row, int chunk) {
+  __host__ __device__ __forceinline__ static constexpr int offset(int row, int chunk) {
     return row * HEAD_DIM + ((chunk ^ (row & 7)) << 3);
   }
+
+  // ldmatrix walks a row 16 columns (two chunks) at a time. For a lane that reads chunk
+  // 2 * step + first_chunk (first_chunk < 2) of a fixed row, the swizzle makes that step an
+  // XOR of the lane's byte address of step 0: one LOP3 per step instead of the multiply, XOR
+  // and shift of offset(). Holds where the tile starts at a multiple of kBaseAlignment bytes
+  // (checked at compile time below over every row phase, first chunk and step).
+  __device__ __forceinline__ static std::uint32_t step_columns(std::uint32_t step0_address,
+                                                                int step) {
+    return step0_address ^ (static_cast<std::uint32_t>(step) << 5);
+  }
+
+  static constexpr bool stepping_matches_offset() {
+    for (int row = 0; row < 16; ++row) {
+      for (int first_chunk = 0; first_chunk < 2; ++first_chunk) {
+        for (int step = 0; step < HEAD_DIM / 16; ++step) {
+          const int stepped = (2 * offset(row, first_chunk)) ^ (step << 5);
+          if (stepped != 2 * offset(row, 2 * step + first_chunk)) return false;
+        }
+      }
+    }
+    return true;
+  }
+  static_assert(stepping_matches_offset(), "step_columns must equal offset() in bytes");
 };
 
 }  // namespace fi_kernels

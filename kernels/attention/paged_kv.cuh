@@ -20,10 +20,13 @@ struct PagedKvLoader {
   static constexpr int kRowsPerPass = NUM_THREADS / kChunksPerRow;
   static_assert(NUM_THREADS % kChunksPerRow == 0, "a pass covers whole rows");
 
-  const T* k_head;  // k + kv_head * k_stride_head
-  const T* v_head;
-  std::int64_t k_stride_page, k_stride_token;
-  std::int64_t v_stride_page, v_stride_token;
+  // Row addresses are built in bytes from 32-bit strides (the launcher checks that they fit):
+  // page * page stride is one 32 x 32 -> 64-bit multiply-add onto the head's address, and the
+  // token offset within a page stays 32-bit.
+  const std::uint8_t* k_head;  // k + kv_head * k_stride_head, in bytes
+  const std::uint8_t* v_head;
+  std::uint32_t k_page_bytes, k_token_bytes;
+  std::uint32_t v_page_bytes, v_token_bytes;
   const std::int32_t* pages;  // this request's page ids, in sequence order
   FastDivmod page_size;
   int kv_hi;  // keys at positions >= kv_hi are not loaded (zero-filled)
@@ -55,17 +58,19 @@ struct PagedKvLoader {
   __device__ __forceinline__ void load_tile(int tile_lo, const TilePages<TILE_TOKENS>& tile,
                                             T* tile_smem) const {
     const int chunk = threadIdx.x % kChunksPerRow;
-    const T* head = IS_V ? v_head : k_head;
-    const std::int64_t stride_page = IS_V ? v_stride_page : k_stride_page;
-    const std::int64_t stride_token = IS_V ? v_stride_token : k_stride_token;
+    const std::uint8_t* lane_head = (IS_V ? v_head : k_head) + chunk * 16;
+    const std::uint32_t page_bytes = IS_V ? v_page_bytes : k_page_bytes;
+    const std::uint32_t token_bytes = IS_V ? v_token_bytes : k_token_bytes;
 #pragma unroll
     for (int pass = 0; pass < TilePages<TILE_TOKENS>::kPasses; ++pass) {
       const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
       const int pos = tile_lo + row;
       int page_idx = 0, in_page = 0;
       page_size.divmod(pos, page_idx, in_page);
-      const T* src = head + static_cast<std::int64_t>(tile.page[pass]) * stride_page +
-                     in_page * stride_token + chunk * 8;
+      const std::uint8_t* src =
+          lane_head +
+          static_cast<std::uint64_t>(static_cast<std::uint32_t>(tile.page[pass])) * page_bytes +
+          static_cast<std::uint32_t>(in_page) * token_bytes;
       mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src, pos < kv_hi);
     }
   }

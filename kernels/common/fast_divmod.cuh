@@ -31,9 +31,9 @@ struct FastDivmod {
 
 #if defined(__CUDACC__)
   __device__ __forceinline__ void divmod(int n, int& quotient, int& remainder) const {
+    // hi < n < 2^31, so hi + n cannot carry out of 32 bits.
     const std::uint32_t hi = __umulhi(static_cast<std::uint32_t>(n), multiplier);
-    quotient = static_cast<int>((static_cast<std::uint64_t>(hi) + static_cast<std::uint32_t>(n)) >>
-                                shift);
+    quotient = static_cast<int>((hi + static_cast<std::uint32_t>(n)) >> shift);
     remainder = n - quotient * static_cast<int>(divisor);
   }
 #endif
