@@ -214,13 +214,13 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
   const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
   // Pipeline: groups are committed in the order Q+K_0, V_0, K_1, V_1, ...; tile t lives in
   // stage t % kStages. Empty groups keep the count uniform past the last tile. `ahead` holds
-  // the page ids of the next tile to copy, fetched one tile early.
-  typename Loader::template TilePages<kTileKv> ahead;
+  // the rows of the next tile to copy, looked up one tile early.
+  typename Loader::template TileRows<kTileKv> ahead;
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
     if (t < num_tiles) {
       const int tile_lo = item.kv_lo + t * kTileKv;
-      loader.fetch_pages(tile_lo, ahead);
+      ahead = loader.template look_up_rows<kTileKv>(tile_lo);
       loader.template load_tile<kTileKv, false>(tile_lo, ahead, smem.k_stage(t));
       mma::cp_async_commit();
       loader.template load_tile<kTileKv, true>(tile_lo, ahead, smem.v_stage(t));
@@ -230,7 +230,9 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
       mma::cp_async_commit();
     }
   }
-  if (kStages - 1 < num_tiles) loader.fetch_pages(item.kv_lo + (kStages - 1) * kTileKv, ahead);
+  if (kStages - 1 < num_tiles) {
+    ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + (kStages - 1) * kTileKv);
+  }
 
   // Per-thread rows: in row block mb of the warp, item rows row_of(mb, 0) and row_of(mb, 1).
   const int g = lane / 4;
@@ -408,7 +410,9 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
                                                smem.v_stage(prefetch % kStages));
     }
     mma::cp_async_commit();
-    if (prefetch + 1 < num_tiles) loader.fetch_pages(item.kv_lo + (prefetch + 1) * kTileKv, ahead);
+    if (prefetch + 1 < num_tiles) {
+      ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + (prefetch + 1) * kTileKv);
+    }
 
     if (warp_has_rows) {
       // O += P V over the warp's keys.

@@ -31,47 +31,67 @@ struct PagedKvLoader {
   FastDivmod page_size;
   int kv_hi;  // keys at positions >= kv_hi are not loaded (zero-filled)
 
-  // Page ids of this thread's rows of one tile. fetch_pages issues their loads a tile ahead
-  // of the cp.async copies that need them, so the page-table lookup (a dependent global load)
-  // stays off the critical path.
+  // Each warp copies a fixed set of rows of every tile: kRowsPerWarpPass rows per pass, at
+  // rows warp * kRowsPerWarpPass + [0, kRowsPerWarpPass) + pass * kRowsPerPass.
+  static constexpr int kRowsPerWarpPass = 32 / kChunksPerRow;
+  static_assert(32 % kChunksPerRow == 0, "a warp covers whole rows of a pass");
+
+  // Where the keys of one tile live, as looked up a tile ahead of the copies that need them
+  // (the page-table read is a dependent global load; this keeps it off the critical path).
+  // Lane j of a warp looks up the warp's j-th row of the tile (one division and one page-table
+  // load per row, not one per copying lane and pass) and the copying lanes take the values by
+  // shuffle: two registers a thread instead of a page id per pass.
   template <int TILE_TOKENS>
-  struct TilePages {
+  struct TileRows {
     static_assert(TILE_TOKENS % kRowsPerPass == 0, "a tile is a whole number of passes");
     static constexpr int kPasses = TILE_TOKENS / kRowsPerPass;
-    std::int32_t page[kPasses];
+    static constexpr int kRowsPerWarp = kPasses * kRowsPerWarpPass;
+    static_assert(kRowsPerWarp <= 32, "one lane looks up each row of a warp");
+    std::int32_t page;  // page id of this lane's row (0 past kv_hi)
+    std::int32_t slot;  // its token slot within the page
   };
 
   template <int TILE_TOKENS>
-  __device__ __forceinline__ void fetch_pages(int tile_lo, TilePages<TILE_TOKENS>& tile) const {
-#pragma unroll
-    for (int pass = 0; pass < TilePages<TILE_TOKENS>::kPasses; ++pass) {
-      const int pos = tile_lo + threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
-      int page_idx = 0, in_page = 0;
-      if (pos < kv_hi) page_size.divmod(pos, page_idx, in_page);
-      tile.page[pass] = pos < kv_hi ? pages[page_idx] : 0;
+  __device__ __forceinline__ TileRows<TILE_TOKENS> look_up_rows(int tile_lo) const {
+    using Rows = TileRows<TILE_TOKENS>;
+    // Lanes past kRowsPerWarp repeat a row, so the warp does not diverge.
+    const int j = (threadIdx.x % 32) % Rows::kRowsPerWarp;
+    const int row = (threadIdx.x / 32) * kRowsPerWarpPass + j % kRowsPerWarpPass +
+                    (j / kRowsPerWarpPass) * kRowsPerPass;
+    const int pos = tile_lo + row;
+    Rows rows{0, 0};
+    if (pos < kv_hi) {
+      int page_idx = 0;
+      page_size.divmod(pos, page_idx, rows.slot);
+      rows.page = pages[page_idx];
     }
+    return rows;
   }
 
   // Issues cp.async copies of keys [tile_lo, tile_lo + TILE_TOKENS) into a swizzled
   // [TILE_TOKENS][HEAD_DIM] tile; IS_V picks V instead of K. Keys at or past kv_hi become 0.
+  // All lanes of every warp must call it (it shuffles).
   template <int TILE_TOKENS, bool IS_V>
-  __device__ __forceinline__ void load_tile(int tile_lo, const TilePages<TILE_TOKENS>& tile,
+  __device__ __forceinline__ void load_tile(int tile_lo, const TileRows<TILE_TOKENS>& rows,
                                             T* tile_smem) const {
+    const int lane = threadIdx.x % 32;
     const int chunk = threadIdx.x % kChunksPerRow;
     const std::uint8_t* lane_head = (IS_V ? v_head : k_head) + chunk * 16;
     const std::uint32_t page_bytes = IS_V ? v_page_bytes : k_page_bytes;
     const std::uint32_t token_bytes = IS_V ? v_token_bytes : k_token_bytes;
 #pragma unroll
-    for (int pass = 0; pass < TilePages<TILE_TOKENS>::kPasses; ++pass) {
+    for (int pass = 0; pass < TileRows<TILE_TOKENS>::kPasses; ++pass) {
       const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
-      const int pos = tile_lo + row;
-      int page_idx = 0, in_page = 0;
-      page_size.divmod(pos, page_idx, in_page);
-      const std::uint8_t* src =
-          lane_head +
-          static_cast<std::uint64_t>(static_cast<std::uint32_t>(tile.page[pass])) * page_bytes +
-          static_cast<std::uint32_t>(in_page) * token_bytes;
-      mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src, pos < kv_hi);
+      const int looked_up_by = pass * kRowsPerWarpPass + lane / kChunksPerRow;
+      const auto page =
+          static_cast<std::uint32_t>(__shfl_sync(0xffffffffu, rows.page, looked_up_by));
+      const auto slot =
+          static_cast<std::uint32_t>(__shfl_sync(0xffffffffu, rows.slot, looked_up_by));
+      // Two 32 x 32 -> 64-bit multiply-adds onto the lane's address.
+      const std::uint8_t* src = lane_head + static_cast<std::uint64_t>(slot) * token_bytes +
+                                static_cast<std::uint64_t>(page) * page_bytes;
+      mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src,
+                       tile_lo + row < kv_hi);
     }
   }
 };
