@@ -169,8 +169,9 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
   constexpr int kBlocksS = kWarpKv / 8;  // n-blocks of S per warp
   constexpr int kBlocksO = D / 8;        // n-blocks of O per warp
   constexpr int kRowBlocks = Shape::kRowBlocks;
-  // cp.async groups committed after K_t (or after V_t) that may stay in flight (see below).
-  constexpr int kGroupsAhead = 2 * kStages - 3;
+  // cp.async groups committed after V_t that may stay in flight while tile t runs: K and V of
+  // the kStages - 2 tiles after it (see the pipeline below).
+  constexpr int kGroupsAhead = 2 * (kStages - 2);
   using Tile = SwizzledTile<D>;
   using Loader = PagedKvLoader<T, D, kAttentionThreads>;
   const AttentionSmem<T, Shape> smem(smem_base);
@@ -213,8 +214,10 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
 
   const int num_tiles = (item.kv_hi - item.kv_lo + kTileKv - 1) / kTileKv;
   // Pipeline: groups are committed in the order Q+K_0, V_0, K_1, V_1, ...; tile t lives in
-  // stage t % kStages. Empty groups keep the count uniform past the last tile. `ahead` holds
-  // the rows of the next tile to copy, looked up one tile early.
+  // stage t % kStages. Empty groups keep the count uniform past the last tile. K and V of a
+  // tile are copied together, so one barrier per tile both publishes tile t and frees the
+  // stage of tile t - 1 for the copies of tile t + kStages - 1. `ahead` holds the rows of the
+  // next tile to copy, looked up one tile early.
   typename Loader::template TileRows<kTileKv> ahead;
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
@@ -281,13 +284,23 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
     const int tile_lo = item.kv_lo + t * kTileKv;
     const int prefetch = t + kStages - 1;
 
-    mma::cp_async_wait<kGroupsAhead>();  // K_t (and Q) landed
+    mma::cp_async_wait<kGroupsAhead>();  // K_t and V_t (and Q) landed
     __syncthreads();                     // ... for every thread; stage (t-1) % kStages is free
     if (prefetch < num_tiles) {
-      loader.template load_tile<kTileKv, false>(item.kv_lo + prefetch * kTileKv, ahead,
+      const int prefetch_lo = item.kv_lo + prefetch * kTileKv;
+      loader.template load_tile<kTileKv, false>(prefetch_lo, ahead,
                                                 smem.k_stage(prefetch % kStages));
+      mma::cp_async_commit();
+      loader.template load_tile<kTileKv, true>(prefetch_lo, ahead,
+                                               smem.v_stage(prefetch % kStages));
+      mma::cp_async_commit();
+    } else {
+      mma::cp_async_commit();
+      mma::cp_async_commit();
     }
-    mma::cp_async_commit();
+    if (prefetch + 1 < num_tiles) {
+      ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + (prefetch + 1) * kTileKv);
+    }
 
     float s[kRowBlocks][kBlocksS][4];
     if (warp_has_rows) {
@@ -401,17 +414,6 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
           }
         }
       }
-    }
-
-    mma::cp_async_wait<kGroupsAhead>();  // V_t landed
-    __syncthreads();
-    if (prefetch < num_tiles) {
-      loader.template load_tile<kTileKv, true>(item.kv_lo + prefetch * kTileKv, ahead,
-                                               smem.v_stage(prefetch % kStages));
-    }
-    mma::cp_async_commit();
-    if (prefetch + 1 < num_tiles) {
-      ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + (prefetch + 1) * kTileKv);
     }
 
     if (warp_has_rows) {
