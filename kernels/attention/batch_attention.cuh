@@ -82,9 +82,9 @@ constexpr int kCompactSmemBytes = 99 * 1024;
 // 128 (Q + 2 stages of K/V: 96 KB at 128). 64-key tiles at head_dim 128 halve the softmax
 // and barrier work per key against 32-key ones; they fit the registers (sm_90a: 20 B of
 // spill, ~2 local loads per warp and tile by ncu) once the decode tile is out of line,
-// ldmatrix addresses step by XOR and the loader's lookahead is two registers. head_dim 256 keeps one row block per warp (64-row tiles, run twice for a 128-row
-// item): two would need 256 accumulator registers; its compact footprint has 2 stages
-// instead of 3 (96 KB).
+// ldmatrix addresses step by XOR and the loader's lookahead is two registers. head_dim 256
+// keeps one row block per warp (64-row tiles, run twice for a 128-row item): two would need
+// 256 accumulator registers; its compact footprint has 2 stages instead of 3 (96 KB).
 template <int HEAD_DIM, bool COMPACT>
 using PrefillShape = std::conditional_t<
     (HEAD_DIM > 128), TileShape<HEAD_DIM, 4, 1, 32, 1, (COMPACT ? 2 : 3)>,
