@@ -40,7 +40,7 @@ void check_launch(const BatchAttentionLaunch& l) {
               aligned_view(p.k, {p.k_stride_page, p.k_stride_token, p.k_stride_head}) &&
               aligned_view(p.v, {p.v_stride_page, p.v_stride_token, p.v_stride_head}),
           "q, k and v need 16-byte aligned pointers and strides that are multiples of 8 elements");
-  // The paged loader builds row addresses from 32-bit byte strides (kernels/attention/paged_kv.cuh).
+  // The paged loader builds row addresses from 32-bit byte strides (attention/paged_kv.cuh).
   constexpr std::int64_t kMaxRowStride = std::int64_t{1} << 30;
   for (const std::int64_t stride :
        {p.k_stride_page, p.k_stride_token, p.v_stride_page, p.v_stride_token}) {
