@@ -432,3 +432,27 @@ def test_inputs_are_checked_again_when_their_layout_changes():
     expected_o, _ = reference.batch_attention(batch.q[:batch.num_tokens], batch.qo_indptr,
                                               batch.kv, variant)
     assert relative_error(o[:batch.num_tokens], expected_o) <= RELATIVE_ERROR_BOUND[torch.bfloat16]
+
+
+def test_kv_page_strides_past_the_loaders_32_bit_range_are_refused():
+    # The paged loader builds row addresses from 32-bit byte strides: a cache view whose page
+    # stride reaches 2^30 elements (2 GiB of bf16) is refused at launch, and the next step runs.
+    q_lens, kv_lens = [1], [20]
+    batch = make_batch(q_lens, kv_lens, 32, 8, 128, 16, torch.bfloat16, "vllm_packed", 5,
+                       spare_pages=0)
+    num_pages, page_size, num_kv_heads, head_dim = batch.k_cache.shape
+    page_stride = 1 << 30
+    storage = torch.zeros((num_pages - 1) * page_stride + page_size * num_kv_heads * head_dim,
+                          dtype=torch.bfloat16, device="cuda")
+    wide = storage.as_strided(batch.k_cache.shape,
+                              (page_stride, num_kv_heads * head_dim, head_dim, 1))
+    wide.copy_(batch.k_cache)
+    variant = make_variant("causal", 32, 6)
+    attention = BatchAttention(make_planner(32, 8, 128, 16, torch.bfloat16, q_lens, kv_lens, 0))
+    plan = attention.plan(batch.qo_indptr_host, np.asarray(batch.kv_lens_host, np.int32),
+                          variant)
+    with pytest.raises(ValueError, match=r"strides must be in \[0, 2\^30\) elements"):
+        attention.run(batch.q, wide, wide, batch.kv.with_cache(wide, wide), batch.seq_lens,
+                      batch.qo_indptr, variant, plan=plan)
+    del storage, wide
+    run_and_check(batch, variant, attention, plan, torch.bfloat16)
