@@ -248,20 +248,22 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
     return item.q_pos_first + (row < item.rows ? item.row_token(row) : 0);
   };
 
-  // Running state in base-2 units: m = max logit, d = per-thread partial row sum (reduced
-  // over the quad at the end), o = unnormalized output.
+  // Running state in base-2 units: m = max logit, o = unnormalized output, d = row sums of
+  // P as an MMA accumulator: P times a column of ones on the tensor cores (as FlashInfer
+  // does) instead of 2 * kBlocksS adds per row and tile, so every column of d[mb] holds the
+  // whole sum of its row (element 0 for row g, element 2 for row g + 8) over the same
+  // T-rounded P that P V multiplies.
   float o[kRowBlocks][kBlocksO][4];
   float m[kRowBlocks][2];
-  float d[kRowBlocks][2];
+  float d[kRowBlocks][1][4];
   zero_fragments(o);
+  zero_fragments(d);
 #pragma unroll
   for (int mb = 0; mb < kRowBlocks; ++mb) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      m[mb][h] = kNegInf;
-      d[mb][h] = 0.f;
-    }
+    for (int h = 0; h < 2; ++h) m[mb][h] = kNegInf;
   }
+  const std::uint32_t ones = mma::pack2<T>(1.f, 1.f);
 
   // Each lane's ldmatrix addresses at column step 0 (see SwizzledTile::step_columns): its row
   // of the warp's first Q row block, of the warp's first 16 keys in a K stage (x4 matrices:
@@ -392,15 +394,17 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
           const float base = m_new == kNegInf ? 0.f : m_new;
           rescale[h] = fast_exp2(m[mb][h] - base);
           max_moved |= m_new != m[mb][h];
-          d[mb][h] *= rescale[h];
 #pragma unroll
           for (int nb = 0; nb < kBlocksS; ++nb) {
             s[mb][nb][2 * h] = fast_exp2(fmaf(s[mb][nb][2 * h], s_to_log2, -base));
             s[mb][nb][2 * h + 1] = fast_exp2(fmaf(s[mb][nb][2 * h + 1], s_to_log2, -base));
-            d[mb][h] += s[mb][nb][2 * h] + s[mb][nb][2 * h + 1];
           }
           m[mb][h] = m_new;
         }
+        d[mb][0][0] *= rescale[0];
+        d[mb][0][1] *= rescale[0];
+        d[mb][0][2] *= rescale[1];
+        d[mb][0][3] *= rescale[1];
         // Once the running maxima settle (most tiles of a long row) the rescale is exactly 1
         // for every row of the warp; skipping it saves 4 * kBlocksO multiplies a tile. The
         // vote keeps the branch warp-uniform.
@@ -428,6 +432,7 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
           a[mb][1] = mma::pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
           a[mb][2] = mma::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
           a[mb][3] = mma::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
+          mma::mma_16816<T>(d[mb][0], a[mb], ones, ones);
         }
 #pragma unroll
         for (int jj = 0; jj < D / 16; ++jj) {
@@ -444,15 +449,7 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
     }
   }
   mma::cp_async_wait<0>();
-
-#pragma unroll
-  for (int mb = 0; mb < kRowBlocks; ++mb) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      d[mb][h] += __shfl_xor_sync(0xffffffffu, d[mb][h], 1);
-      d[mb][h] += __shfl_xor_sync(0xffffffffu, d[mb][h], 2);
-    }
-  }
+  auto row_sum = [&](int mb, int h) { return d[mb][0][2 * h]; };
 
   if constexpr (Shape::kWarpsKv == 1) {
     // Each warp owns its rows outright: normalize and store from the fragments.
@@ -462,8 +459,8 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
       for (int h = 0; h < 2; ++h) {
         const int row = row_of(mb, h);
         if (row >= item.rows) continue;
-        const float inv_d = d[mb][h] > 0.f ? 1.f / d[mb][h] : 0.f;
-        const float lse_log2 = d[mb][h] > 0.f ? m[mb][h] + log2f(d[mb][h]) : kNegInf;
+        const float inv_d = row_sum(mb, h) > 0.f ? 1.f / row_sum(mb, h) : 0.f;
+        const float lse_log2 = row_sum(mb, h) > 0.f ? m[mb][h] + log2f(row_sum(mb, h)) : kNegInf;
         const RowWriter<T, D> writer(p, item, row, lse_log2);
 #pragma unroll
         for (int nb = 0; nb < kBlocksO; ++nb) {
@@ -497,7 +494,7 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
         }
         if (quad_lane == 0) {
           row_m[warp_kv * kRows + row] = m[mb][h];
-          row_d[warp_kv * kRows + row] = d[mb][h];
+          row_d[warp_kv * kRows + row] = row_sum(mb, h);
         }
       }
     }
