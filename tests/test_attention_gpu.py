@@ -456,3 +456,23 @@ def test_kv_page_strides_past_the_loaders_32_bit_range_are_refused():
                       batch.qo_indptr, variant, plan=plan)
     del storage, wide
     run_and_check(batch, variant, attention, plan, torch.bfloat16)
+
+
+def test_k_and_v_views_with_different_strides():
+    # vLLM's K and V views share page and token strides, and the loader then derives V's
+    # addresses from K's; a K/V pair laid out differently takes the general path.
+    q_lens, kv_lens = [3, 1, 40], [70, 33, 100]
+    batch = make_batch(q_lens, kv_lens, 32, 8, 128, 16, torch.bfloat16, "vllm_packed", 9)
+    num_pages, page_size, num_kv_heads, head_dim = batch.v_cache.shape
+    padded = torch.full((num_pages, page_size, num_kv_heads, head_dim + 8), math.nan,
+                        dtype=torch.bfloat16, device="cuda")
+    v_cache = padded[..., :head_dim]
+    v_cache.copy_(batch.v_cache)
+    assert v_cache.stride()[:2] != batch.k_cache.stride()[:2]
+    batch.v_cache = v_cache
+    batch.kv = batch.kv.with_cache(batch.k_cache, v_cache)
+    variant = make_variant("causal", 32, 3)
+    attention = BatchAttention(make_planner(32, 8, 128, 16, torch.bfloat16, q_lens, kv_lens, 0))
+    plan = attention.plan(batch.qo_indptr_host, np.asarray(batch.kv_lens_host, np.int32),
+                          variant)
+    run_and_check(batch, variant, attention, plan, torch.bfloat16)
