@@ -309,7 +309,9 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
       // S = Q K^T for the warp's rows x kWarpKv keys.
       const std::uint32_t k_lane = mma::smem_addr(smem.k_stage(stage)) + k_lane_bytes;
       zero_fragments(s);
-#pragma unroll 2
+      // Fully unrolled: ptxas then issues several K ldmatrix loads ahead of their MMAs and
+      // gives the first MMAs a zero accumulator instead of zeroing S (as FlashInfer's SASS).
+#pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         std::uint32_t a[kRowBlocks][4];
         const std::uint32_t q_kk = Tile::step_columns(q_lane, kk);
