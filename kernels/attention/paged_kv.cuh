@@ -21,8 +21,8 @@ struct PagedKvLoader {
   static_assert(NUM_THREADS % kChunksPerRow == 0, "a pass covers whole rows");
 
   // Row addresses are built in bytes from 32-bit strides (the launcher checks that they fit):
-  // page * page stride is one 32 x 32 -> 64-bit multiply-add onto the head's address, and the
-  // token offset within a page stays 32-bit.
+  // slot * token stride and page * page stride are 32 x 32 -> 64-bit multiply-adds onto the
+  // head's address.
   const std::uint8_t* k_head;  // k + kv_head * k_stride_head, in bytes
   const std::uint8_t* v_head;
   std::uint32_t k_page_bytes, k_token_bytes;
