@@ -10,6 +10,7 @@
 
 #include "attention/mma.cuh"
 #include "common/fast_divmod.cuh"
+#include "common/wide_math.cuh"
 
 namespace fi_kernels {
 
@@ -76,20 +77,18 @@ struct PagedKvLoader {
                                             T* tile_smem) const {
     const int lane = threadIdx.x % 32;
     const int chunk = threadIdx.x % kChunksPerRow;
-    const std::uint8_t* lane_head = (IS_V ? v_head : k_head) + chunk * 16;
-    const std::uint32_t page_bytes = IS_V ? v_page_bytes : k_page_bytes;
-    const std::uint32_t token_bytes = IS_V ? v_token_bytes : k_token_bytes;
+    const auto lane_head = reinterpret_cast<std::int64_t>((IS_V ? v_head : k_head) + chunk * 16);
+    const int page_bytes = static_cast<int>(IS_V ? v_page_bytes : k_page_bytes);
+    const int token_bytes = static_cast<int>(IS_V ? v_token_bytes : k_token_bytes);
 #pragma unroll
     for (int pass = 0; pass < TileRows<TILE_TOKENS>::kPasses; ++pass) {
       const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
       const int looked_up_by = pass * kRowsPerWarpPass + lane / kChunksPerRow;
-      const auto page =
-          static_cast<std::uint32_t>(__shfl_sync(0xffffffffu, rows.page, looked_up_by));
-      const auto slot =
-          static_cast<std::uint32_t>(__shfl_sync(0xffffffffu, rows.slot, looked_up_by));
-      // Two 32 x 32 -> 64-bit multiply-adds onto the lane's address.
-      const std::uint8_t* src = lane_head + static_cast<std::uint64_t>(slot) * token_bytes +
-                                static_cast<std::uint64_t>(page) * page_bytes;
+      const int page = __shfl_sync(0xffffffffu, rows.page, looked_up_by);
+      const int slot = __shfl_sync(0xffffffffu, rows.slot, looked_up_by);
+      // Two 32 x 32 -> 64-bit multiply-adds onto the lane's address (strides < 2^31 bytes).
+      const auto* src = reinterpret_cast<const std::uint8_t*>(
+          mad_wide(page, page_bytes, mad_wide(slot, token_bytes, lane_head)));
       mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src,
                        tile_lo + row < kv_hi);
     }

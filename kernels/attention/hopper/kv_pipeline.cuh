@@ -24,6 +24,7 @@
 #include "attention/mma.cuh"
 #include "attention/paged_kv.cuh"
 #include "attention/params.cuh"
+#include "common/wide_math.cuh"
 
 namespace fi_kernels {
 namespace hopper {
@@ -92,14 +93,6 @@ __device__ __forceinline__ void cp_async_16_or_zero(std::uint32_t dst_smem, cons
       "cp.async.cg.shared.global [%0], [%1], 16, ignore_src;\n"
       "}\n" ::"r"(dst_smem),
       "l"(src), "r"(static_cast<int>(zero_fill)));
-}
-
-// a * b + c with a 32 x 32 -> 64-bit product: one IMAD.WIDE (C++'s int64 arithmetic on
-// sign-extended operands compiles to a full 64-bit multiply).
-__device__ __forceinline__ std::int64_t mad_wide(int a, int b, std::int64_t c) {
-  std::int64_t result;
-  asm("mad.wide.s32 %0, %1, %2, %3;" : "=l"(result) : "r"(a), "r"(b), "l"(c));
-  return result;
 }
 
 // Byte offset of element (key, dim, stage) in a ring laid out by SmemLayout, a CuTe swizzled
