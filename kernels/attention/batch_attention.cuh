@@ -80,9 +80,9 @@ constexpr int kCompactSmemBytes = 99 * 1024;
 // Prefill: 128-row tiles (4 warps x 32 rows, as FlashAttention-2 runs them), so each K/V
 // tile loaded serves 32 query tokens of a GQA-4 group. KV tiles of 64 keys at head_dim 64 and
 // 128 (Q + 2 stages of K/V: 96 KB at 128). 64-key tiles at head_dim 128 halve the softmax
-// and barrier work per key against 32-key ones; they fit the registers (sm_90a: 20 B of
-// spill, ~2 local loads per warp and tile by ncu) once the decode tile is out of line,
-// ldmatrix addresses step by XOR and the loader's lookahead is two registers. head_dim 256
+// and barrier work per key against 32-key ones; they fit the registers (sm_90a: 16 B of
+// spill) once the decode tile is out of line, ldmatrix addresses step by XOR, the loader's
+// lookahead is two registers and row sums run on the tensor cores. head_dim 256
 // keeps one row block per warp (64-row tiles, run twice for a 128-row item): two would need
 // 256 accumulator registers; its compact footprint has 2 stages instead of 3 (96 KB).
 template <int HEAD_DIM, bool COMPACT>
