@@ -204,10 +204,10 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
                                                         item.kv_head * p.k_stride_head);
   loader.v_head = reinterpret_cast<const std::uint8_t*>(static_cast<const T*>(p.v) +
                                                         item.kv_head * p.v_stride_head);
-  loader.k_page_bytes = static_cast<std::uint32_t>(p.k_stride_page * sizeof(T));
-  loader.k_token_bytes = static_cast<std::uint32_t>(p.k_stride_token * sizeof(T));
-  loader.v_page_bytes = static_cast<std::uint32_t>(p.v_stride_page * sizeof(T));
-  loader.v_token_bytes = static_cast<std::uint32_t>(p.v_stride_token * sizeof(T));
+  loader.k_page_bytes = static_cast<int>(p.k_stride_page * sizeof(T));
+  loader.k_token_bytes = static_cast<int>(p.k_stride_token * sizeof(T));
+  loader.v_page_bytes = static_cast<int>(p.v_stride_page * sizeof(T));
+  loader.v_token_bytes = static_cast<int>(p.v_stride_token * sizeof(T));
   loader.pages = p.kv_indices + item.page_begin;
   loader.page_size = FastDivmod(static_cast<std::uint32_t>(p.page_size));
   loader.kv_hi = item.kv_hi;

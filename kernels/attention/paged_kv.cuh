@@ -21,13 +21,13 @@ struct PagedKvLoader {
   static constexpr int kRowsPerPass = NUM_THREADS / kChunksPerRow;
   static_assert(NUM_THREADS % kChunksPerRow == 0, "a pass covers whole rows");
 
-  // Row addresses are built in bytes from 32-bit strides (the launcher checks that they fit):
-  // slot * token stride and page * page stride are 32 x 32 -> 64-bit multiply-adds onto the
-  // head's address.
+  // Row addresses are built in bytes from 32-bit strides (the launcher checks that they are
+  // below 2^31 bytes): slot * token stride and page * page stride are 32 x 32 -> 64-bit
+  // multiply-adds onto the head's address.
   const std::uint8_t* k_head;  // k + kv_head * k_stride_head, in bytes
   const std::uint8_t* v_head;
-  std::uint32_t k_page_bytes, k_token_bytes;
-  std::uint32_t v_page_bytes, v_token_bytes;
+  int k_page_bytes, k_token_bytes;
+  int v_page_bytes, v_token_bytes;
   const std::int32_t* pages;  // this request's page ids, in sequence order
   FastDivmod page_size;
   int kv_hi;  // keys at positions >= kv_hi are not loaded (zero-filled)
@@ -78,8 +78,8 @@ struct PagedKvLoader {
     const int lane = threadIdx.x % 32;
     const int chunk = threadIdx.x % kChunksPerRow;
     const auto lane_head = reinterpret_cast<std::int64_t>((IS_V ? v_head : k_head) + chunk * 16);
-    const int page_bytes = static_cast<int>(IS_V ? v_page_bytes : k_page_bytes);
-    const int token_bytes = static_cast<int>(IS_V ? v_token_bytes : k_token_bytes);
+    const int page_bytes = IS_V ? v_page_bytes : k_page_bytes;
+    const int token_bytes = IS_V ? v_token_bytes : k_token_bytes;
 #pragma unroll
     for (int pass = 0; pass < TileRows<TILE_TOKENS>::kPasses; ++pass) {
       const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
