@@ -134,6 +134,18 @@ struct SwizzledTile {
     return true;
   }
   static_assert(stepping_matches_offset(), "step_columns must equal offset() in bytes");
+
+  // Chunks 8 apart in a row stay 64 elements apart: the XOR only permutes a chunk's low three
+  // bits (the paged loader's two-chunk copies rely on it).
+  static constexpr bool octets_keep_distance() {
+    for (int row = 0; row < 16; ++row) {
+      for (int chunk = 0; chunk + 8 < kChunksPerRow; ++chunk) {
+        if (offset(row, chunk + 8) != offset(row, chunk) + 64) return false;
+      }
+    }
+    return true;
+  }
+  static_assert(octets_keep_distance(), "chunks 8 apart keep their distance");
 };
 
 }  // namespace fi_kernels

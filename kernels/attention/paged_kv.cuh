@@ -18,8 +18,17 @@ template <typename T, int HEAD_DIM, int NUM_THREADS>
 struct PagedKvLoader {
   using Tile = SwizzledTile<HEAD_DIM>;
   static constexpr int kChunksPerRow = Tile::kChunksPerRow;
-  static constexpr int kRowsPerPass = NUM_THREADS / kChunksPerRow;
-  static_assert(NUM_THREADS % kChunksPerRow == 0, "a pass covers whole rows");
+  // At head_dim >= 128 a thread copies two 16-byte chunks of a row, kChunkStride chunks apart:
+  // the swizzle only permutes a chunk's low three bits, so with a stride of 8 or more the
+  // second chunk sits a fixed distance after the first in shared memory as in the cache, and
+  // one address computation serves both copies (FlashInfer's loader does the same).
+  static constexpr int kChunksPerThread = HEAD_DIM >= 128 ? 2 : 1;
+  static constexpr int kThreadsPerRow = kChunksPerRow / kChunksPerThread;
+  static constexpr int kChunkStride = kThreadsPerRow;
+  static_assert(kChunksPerThread == 1 || (kChunkStride % 8 == 0 && Tile::octets_keep_distance()),
+                "a thread's chunks keep their distance through the swizzle");
+  static constexpr int kRowsPerPass = NUM_THREADS / kThreadsPerRow;
+  static_assert(NUM_THREADS % kThreadsPerRow == 0, "a pass covers whole rows");
 
   // Row addresses are built in bytes from 32-bit strides (the launcher checks that they are
   // below 2^31 bytes): slot * token stride and page * page stride are 32 x 32 -> 64-bit
@@ -34,8 +43,8 @@ struct PagedKvLoader {
 
   // Each warp copies a fixed set of rows of every tile: kRowsPerWarpPass rows per pass, at
   // rows warp * kRowsPerWarpPass + [0, kRowsPerWarpPass) + pass * kRowsPerPass.
-  static constexpr int kRowsPerWarpPass = 32 / kChunksPerRow;
-  static_assert(32 % kChunksPerRow == 0, "a warp covers whole rows of a pass");
+  static constexpr int kRowsPerWarpPass = 32 / kThreadsPerRow;
+  static_assert(32 % kThreadsPerRow == 0, "a warp covers whole rows of a pass");
 
   // Where the keys of one tile live, as looked up a tile ahead of the copies that need them
   // (the page-table read is a dependent global load; this keeps it off the critical path).
@@ -76,21 +85,25 @@ struct PagedKvLoader {
   __device__ __forceinline__ void load_tile(int tile_lo, const TileRows<TILE_TOKENS>& rows,
                                             T* tile_smem) const {
     const int lane = threadIdx.x % 32;
-    const int chunk = threadIdx.x % kChunksPerRow;
+    const int chunk = threadIdx.x % kThreadsPerRow;  // the first of this thread's chunks
     const auto lane_head = reinterpret_cast<std::int64_t>((IS_V ? v_head : k_head) + chunk * 16);
     const int page_bytes = IS_V ? v_page_bytes : k_page_bytes;
     const int token_bytes = IS_V ? v_token_bytes : k_token_bytes;
 #pragma unroll
     for (int pass = 0; pass < TileRows<TILE_TOKENS>::kPasses; ++pass) {
-      const int row = threadIdx.x / kChunksPerRow + pass * kRowsPerPass;
-      const int looked_up_by = pass * kRowsPerWarpPass + lane / kChunksPerRow;
+      const int row = threadIdx.x / kThreadsPerRow + pass * kRowsPerPass;
+      const int looked_up_by = pass * kRowsPerWarpPass + lane / kThreadsPerRow;
       const int page = __shfl_sync(0xffffffffu, rows.page, looked_up_by);
       const int slot = __shfl_sync(0xffffffffu, rows.slot, looked_up_by);
       // Two 32 x 32 -> 64-bit multiply-adds onto the lane's address (strides < 2^31 bytes).
       const auto* src = reinterpret_cast<const std::uint8_t*>(
           mad_wide(page, page_bytes, mad_wide(slot, token_bytes, lane_head)));
-      mma::cp_async_16(mma::smem_addr(tile_smem + Tile::offset(row, chunk)), src,
-                       tile_lo + row < kv_hi);
+      const std::uint32_t dst = mma::smem_addr(tile_smem + Tile::offset(row, chunk));
+      const bool valid = tile_lo + row < kv_hi;
+#pragma unroll
+      for (int c = 0; c < kChunksPerThread; ++c) {
+        mma::cp_async_16(dst + c * kChunkStride * 16, src + c * kChunkStride * 16, valid);
+      }
     }
   }
 };
