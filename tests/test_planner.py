@@ -233,14 +233,20 @@ def running_kv_groups(plan, cost_model, at_fraction: float) -> set:
     return groups
 
 
-@pytest.mark.parametrize("batch, q_len", [(1, 4096), (1, 16384), (8, 2048), (32, 512)])
-def test_prefill_plans_deal_whole_tiles_that_share_kv_at_any_moment(batch, q_len):
+@pytest.mark.parametrize("num_ctas, batch, q_len", [
+    (H100_CTAS, 1, 4096), (H100_CTAS, 1, 16384), (H100_CTAS, 8, 2048), (H100_CTAS, 32, 512),
+    # The portable kernels' grid (2 CTAs per SM). 1 x 4096 has fewer tiles (256) than CTAs,
+    # so it is split by the stream cut there.
+    (2 * H100_CTAS, 1, 16384), (2 * H100_CTAS, 8, 2048), (2 * H100_CTAS, 16, 1024),
+    (2 * H100_CTAS, 32, 512)])
+def test_prefill_plans_deal_whole_tiles_that_share_kv_at_any_moment(num_ctas, batch, q_len):
     # Many tiles: the list schedule keeps them whole (no merges) and, because each goes to the
     # CTA that frees first in KV-locality order, the CTAs at any moment work on at most a few
     # (request, KV head) pairs, whose KV fits the L2 (the stream cut spreads them over one
-    # stretch per CTA: all 8 heads at 1 x 16384, ~130 pairs at 32 x 512). Tiles of unequal
-    # cost widen the window of tiles in flight beyond one per CTA, hence the factor 2.
-    planner = make_planner()
+    # stretch per CTA: all 8 heads at 1 x 16384, ~130 pairs at 32 x 512, all 64 pairs (67 MB)
+    # at 8 x 2048 on 264 CTAs). Tiles of unequal cost widen the window of tiles in flight
+    # beyond one per CTA, hence the factor 2; the longest-first tail adds a few pairs at the end.
+    planner = make_planner(num_ctas=num_ctas)
     plan = planner.plan(indptr_of([q_len] * batch), np.full(batch, q_len, np.int32),
                         AttentionVariant(causal=True))
     assert plan.num_merge_items == 0 and (plan.section("work_partial_slot") == -1).all()
@@ -248,7 +254,30 @@ def test_prefill_plans_deal_whole_tiles_that_share_kv_at_any_moment(batch, q_len
     tiles_per_group = -(-q_len * plan.group_size // MAX_TILE_ROWS)
     for at in (0.1, 0.3, 0.5, 0.7, 0.9):
         groups = running_kv_groups(plan, planner.cost_model, at)
-        assert len(groups) <= 2 + 2 * H100_CTAS // tiles_per_group, (at, sorted(groups))
+        assert len(groups) <= 2 + 2 * num_ctas // tiles_per_group, (at, sorted(groups))
+
+
+@pytest.mark.parametrize("num_ctas", [H100_CTAS, 2 * H100_CTAS])
+def test_sorted_tail_balances_the_list_schedule(num_ctas):
+    # Causal 8 x 2048: dealt in plain locality order the last pair's long tiles overfill the
+    # CTAs that take them (264 CTAs: 5.8 % above the mean, beyond overfill_fraction, so the
+    # stream cut would run); with the longest-first tail the busiest CTA is within 2 %.
+    batch, q_len = 8, 2048
+
+    def list_schedule_balance(sorted_tail_per_cta):
+        planner = make_planner(num_ctas=num_ctas, split_policy=SplitPolicy(
+            overfill_fraction=0.10, sorted_tail_per_cta=sorted_tail_per_cta))
+        plan = planner.plan(indptr_of([q_len] * batch), np.full(batch, q_len, np.int32),
+                            AttentionVariant(causal=True))
+        assert plan.num_merge_items == 0 and plan.num_work_items == 4096
+        return balance(plan, planner)
+
+    assert list_schedule_balance(2) <= 1.02 < list_schedule_balance(0)
+
+
+def test_split_policy_rejects_a_negative_sorted_tail():
+    with pytest.raises(ValueError, match="sorted_tail_per_cta must be an int >= 0"):
+        SplitPolicy(sorted_tail_per_cta=-1)
 
 
 def test_long_decode_falls_back_to_split_tiles():

@@ -4,9 +4,9 @@
 // One call of PlanScheduler::plan
 //   1. checks the batch against the engine's capacities (nothing is written before that),
 //   2. walks the batch's query tiles once to sum their estimated cost,
-//   3. deals whole tiles in KV-locality order to the CTA that frees up first (a list
-//      schedule simulated with the cost model) when that keeps every CTA within
-//      overfill_fraction of the mean; otherwise walks them as one stream, cutting it into
+//   3. deals whole tiles in KV-locality order (its last sorted_tail_per_cta * num_ctas tiles
+//      longest first) to the CTA that frees up first (a list schedule simulated with the cost
+//      model) when that keeps every CTA within overfill_fraction of the mean; otherwise walks them as one stream, cutting it into
 //      num_ctas consecutive pieces of equal cost (a tile is split into KV chunks only where a
 //      CTA boundary falls inside it). Either way it writes work items, CTA ranges, partial
 //      slots and merge items into the pinned staging buffer (layout:
@@ -65,6 +65,17 @@ struct SchedulerConfig {
   double overfill_fraction;  // a CTA may exceed its target by this instead of a split
   int min_chunk_tokens;      // no chunk cut from a tile is shorter than this
   int chunk_align_tokens;    // chunk boundaries sit on multiples of this
+  int sorted_tail_per_cta;   // the list schedule deals its last this x num_ctas tiles longest first
+};
+
+// One entry of the list schedule: query tile `tile` (an index into the tiles of one KV head)
+// of `request` on `kv_head`, its estimated cost and its position in KV-locality order.
+struct ListedTile {
+  double cost;
+  int position;
+  int request;
+  int kv_head;
+  int tile;
 };
 
 struct RequestShape {
@@ -94,6 +105,7 @@ class PlanScheduler {
         device_is_cuda_(device_is_cuda),
         cta_free_at_(config.num_ctas),
         item_cta_(config.max_work_items),
+        list_(config.max_work_items),
         cta_next_item_(config.num_ctas),
         first_tile_(static_cast<std::size_t>(config.max_requests) + 1),
         tiles_(max_tiles_per_kv_head(config)),
@@ -272,29 +284,49 @@ class PlanScheduler {
   // the one the kernel frees first, so CTAs run the tiles in about the order of the list.
   // Concurrent CTAs therefore work on neighbouring tiles that share KV pages: at causal
   // 1 x 16384 the 132 CTAs of the stream cut each walk their own stretch of all 8 KV heads
-  // (64 MB of KV, more than the L2), whereas here they share one head's 8 MB. Returns false,
-  // having written no work item (only CTA counts, which the stream cut rewrites), when some
-  // CTA would exceed the mean cost by more than overfill_fraction (few or long tiles); the
-  // stream cut, which splits tiles, is used then.
+  // (64 MB of KV, more than the L2), whereas here they share one head's 8 MB. The list's last
+  // sorted_tail_per_cta * num_ctas tiles are dealt longest first (LPT order), so the tiles that
+  // even out the loads at the end are the shortest of the batch rather than the last
+  // (request, KV head)'s long causal tiles: at causal 8 x 2048 on 264 CTAs the plain order
+  // leaves the busiest CTA 5.8 % above the mean, the sorted tail 1.3 %; the tail spans a few
+  // (request, KV head) pairs, so locality holds. Returns false, having written no work item
+  // (only CTA counts, which the stream cut rewrites), when some CTA would exceed the mean cost
+  // by more than overfill_fraction (few or long tiles); the stream cut, which splits tiles,
+  // is used then.
   bool deal_whole_tiles(int batch_size, double total_cost, std::array<int, 3>& counts) {
     const int num_ctas = config_.num_ctas;
     const double load_limit = (1.0 + config_.overfill_fraction) * total_cost / num_ctas;
+    // A tile above the limit fails wherever it goes (one long decode, few long tiles).
+    const int tiles_per_kv_head = first_tile_[batch_size];
+    if (*std::max_element(tile_cost_.begin(), tile_cost_.begin() + tiles_per_kv_head) >
+        load_limit) {
+      return false;
+    }
+    int num_tiles = 0;
+    for_each_tile_in_locality_order(batch_size, [&](int b, int h, int tile) {
+      list_[num_tiles] = {tile_cost_[tile], num_tiles, b, h, tile};
+      ++num_tiles;
+    });
+    const int tail = std::min(num_tiles, config_.sorted_tail_per_cta * num_ctas);
+    // Longest first; equal costs keep their locality order, which makes std::sort
+    // deterministic without the buffer std::stable_sort takes.
+    std::sort(list_.begin() + (num_tiles - tail), list_.begin() + num_tiles,
+              [](const ListedTile& x, const ListedTile& y) {
+                return x.cost > y.cost || (x.cost == y.cost && x.position < y.position);
+              });
+
     // Loads in ascending CTA order form a valid min-heap of (load, CTA).
     for (int c = 0; c < num_ctas; ++c) cta_free_at_[c] = {0.0, c};
     std::int32_t* cta_work_indptr = section(1);
     std::fill(cta_work_indptr, cta_work_indptr + num_ctas + 1, 0);
-    int num_items = 0;
-    bool within_limit = true;
-    for_each_tile_in_locality_order(batch_size, [&](int, int, int tile) {
-      if (!within_limit) return;
+    for (int n = 0; n < num_tiles; ++n) {
       const int cta = cta_free_at_[0].second;
-      const double cost = tile_cost_[tile];
-      within_limit = cta_free_at_[0].first + cost <= load_limit;
-      item_cta_[num_items++] = cta;
+      const double cost = list_[n].cost;
+      if (cta_free_at_[0].first + cost > load_limit) return false;
+      item_cta_[n] = cta;
       ++cta_work_indptr[cta + 1];
       add_to_least_loaded(cost);
-    });
-    if (!within_limit) return false;
+    }
 
     for (int c = 0; c < num_ctas; ++c) {
       cta_work_indptr[c + 1] += cta_work_indptr[c];
@@ -302,20 +334,20 @@ class PlanScheduler {
     }
     std::int32_t* work[kNumWorkFields];
     for (int f = 0; f < kNumWorkFields; ++f) work[f] = work_field(f);
-    int tile_index = 0;
-    for_each_tile_in_locality_order(batch_size, [&](int b, int h, int tile) {
-      const TileGeometry& g = tiles_[tile];
-      const int i = cta_next_item_[item_cta_[tile_index++]]++;
-      work[kWorkRequest][i] = b;
-      work[kWorkKvHead][i] = h;
+    for (int n = 0; n < num_tiles; ++n) {
+      const ListedTile& listed = list_[n];
+      const TileGeometry& g = tiles_[listed.tile];
+      const int i = cta_next_item_[item_cta_[n]]++;
+      work[kWorkRequest][i] = listed.request;
+      work[kWorkKvHead][i] = listed.kv_head;
       work[kWorkQStart][i] = g.q_start;
       work[kWorkQLen][i] = g.q_len;
       work[kWorkKvStart][i] = g.kv_begin;
       work[kWorkKvEnd][i] = g.kv_end;
       work[kWorkPartialSlot][i] = -1;
-    });
-    write_header(num_items, 0, 0, 0);
-    counts = {num_items, 0, 0};
+    }
+    write_header(num_tiles, 0, 0, 0);
+    counts = {num_tiles, 0, 0};
     return true;
   }
 
@@ -532,10 +564,11 @@ class PlanScheduler {
   bool copy_pending_ = false;
   bool causal_ = true;
   int window_left_ = -1;
-  // Scratch of the list schedule, sized at construction: (load, CTA) heap, each tile's CTA,
-  // each CTA's next free item position.
+  // Scratch of the list schedule, sized at construction: (load, CTA) heap, each listed tile's
+  // CTA, the list itself, each CTA's next free item position.
   std::vector<std::pair<double, int>> cta_free_at_;
   std::vector<std::int32_t> item_cta_;
+  std::vector<ListedTile> list_;
   std::vector<std::int32_t> cta_next_item_;
   // The batch's query tiles of one KV head (every head has the same), computed once per plan
   // by check_and_sum_cost: request b's are [first_tile_[b], first_tile_[b + 1]).
@@ -570,7 +603,8 @@ void bind_planner(py::module_& m) {
       .def_readwrite("row_overhead_tokens", &SchedulerConfig::row_overhead_tokens)
       .def_readwrite("overfill_fraction", &SchedulerConfig::overfill_fraction)
       .def_readwrite("min_chunk_tokens", &SchedulerConfig::min_chunk_tokens)
-      .def_readwrite("chunk_align_tokens", &SchedulerConfig::chunk_align_tokens);
+      .def_readwrite("chunk_align_tokens", &SchedulerConfig::chunk_align_tokens)
+      .def_readwrite("sorted_tail_per_cta", &SchedulerConfig::sorted_tail_per_cta);
 
   py::class_<PlanScheduler>(m, "PlanScheduler",
                             "Writes plans into a fixed staging buffer and publishes them to a "
