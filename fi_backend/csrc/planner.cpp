@@ -6,11 +6,11 @@
 //   2. walks the batch's query tiles once to sum their estimated cost,
 //   3. deals whole tiles in KV-locality order (its last sorted_tail_per_cta * num_ctas tiles
 //      longest first) to the CTA that frees up first (a list schedule simulated with the cost
-//      model) when that keeps every CTA within overfill_fraction of the mean; otherwise walks them as one stream, cutting it into
-//      num_ctas consecutive pieces of equal cost (a tile is split into KV chunks only where a
-//      CTA boundary falls inside it). Either way it writes work items, CTA ranges, partial
-//      slots and merge items into the pinned staging buffer (layout:
-//      fi_backend/metadata/plan_layout.py),
+//      model) when that keeps every CTA within overfill_fraction of the mean; otherwise
+//      walks them as one stream, cutting it into num_ctas consecutive pieces of equal cost
+//      (a tile is split into KV chunks only where a CTA boundary falls inside it). Either way
+//      it writes work items, CTA ranges, partial slots and merge items into the pinned staging
+//      buffer (layout: fi_backend/metadata/plan_layout.py),
 //   4. copies the used prefix of every section to the persistent device buffer: memcpy for a
 //      CPU "device", cudaMemcpyAsync / cudaMemcpy2DAsync on the caller's stream for CUDA.
 // It allocates nothing: every array it touches was sized by the capacities at construction.
@@ -65,7 +65,7 @@ struct SchedulerConfig {
   double overfill_fraction;  // a CTA may exceed its target by this instead of a split
   int min_chunk_tokens;      // no chunk cut from a tile is shorter than this
   int chunk_align_tokens;    // chunk boundaries sit on multiples of this
-  int sorted_tail_per_cta;   // the list schedule deals its last this x num_ctas tiles longest first
+  int sorted_tail_per_cta;   // the list schedule's last this x num_ctas tiles: longest first
 };
 
 // One entry of the list schedule: query tile `tile` (an index into the tiles of one KV head)
@@ -297,9 +297,9 @@ class PlanScheduler {
     const int num_ctas = config_.num_ctas;
     const double load_limit = (1.0 + config_.overfill_fraction) * total_cost / num_ctas;
     // A tile above the limit fails wherever it goes (one long decode, few long tiles).
-    const int tiles_per_kv_head = first_tile_[batch_size];
-    if (*std::max_element(tile_cost_.begin(), tile_cost_.begin() + tiles_per_kv_head) >
-        load_limit) {
+    const auto tile_costs_end = tile_cost_.begin() + first_tile_[batch_size];
+    if (tile_costs_end != tile_cost_.begin() &&
+        *std::max_element(tile_cost_.begin(), tile_costs_end) > load_limit) {
       return false;
     }
     int num_tiles = 0;
