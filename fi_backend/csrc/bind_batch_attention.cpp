@@ -14,6 +14,21 @@
 namespace py = pybind11;
 
 namespace fi_backend {
+namespace {
+
+// Binds a per-(dtype, head_dim, footprint) query of the portable kernels as
+// name(dtype: str, head_dim: int, compact_smem: bool = False) -> int.
+template <int (*Query)(DType, int, bool)>
+void def_footprint_query(py::module_& m, const char* name, const char* doc) {
+  m.def(
+      name,
+      [](const std::string& dtype, int head_dim, bool compact_smem) {
+        return Query(parse_dtype(dtype), head_dim, compact_smem);
+      },
+      py::arg("dtype"), py::arg("head_dim"), py::arg("compact_smem") = false, doc);
+}
+
+}  // namespace
 
 void bind_batch_attention(py::module_& m) {
   def_batch_attention(
@@ -25,20 +40,12 @@ void bind_batch_attention(py::module_& m) {
       "the contract and RuntimeError when CUDA reports an error. prefill_tiles=False (the plan "
       "has no work item of more than 16 rows) runs the kernel built for decode tiles only; "
       "compact_smem=True runs the kernels of the compact shared-memory footprint.");
-  m.def(
-      "batch_attention_ctas_per_sm",
-      [](const std::string& dtype, int head_dim, bool compact_smem) {
-        return batch_attention_ctas_per_sm(parse_dtype(dtype), head_dim, compact_smem);
-      },
-      py::arg("dtype"), py::arg("head_dim"), py::arg("compact_smem") = false,
+  def_footprint_query<batch_attention_ctas_per_sm>(
+      m, "batch_attention_ctas_per_sm",
       "Attention CTAs of the given shared-memory footprint that fit one SM of the current "
       "device at once.");
-  m.def(
-      "batch_attention_smem_bytes",
-      [](const std::string& dtype, int head_dim, bool compact_smem) {
-        return batch_attention_smem_bytes(parse_dtype(dtype), head_dim, compact_smem);
-      },
-      py::arg("dtype"), py::arg("head_dim"), py::arg("compact_smem") = false,
+  def_footprint_query<batch_attention_smem_bytes>(
+      m, "batch_attention_smem_bytes",
       "Dynamic shared memory per block (bytes) of the portable attention kernels of the given "
       "footprint.");
   m.def("device_max_smem_per_block", &device_max_smem_per_block,
