@@ -187,6 +187,21 @@ def issue_batches():
     return cases
 
 
+def expected_chunk_floor(plan, planner) -> int:
+    """The plan's minimum chunk as planner.py's "Split policy" states it: min_chunk_tokens, or
+    KV tokens per CTA (all heads) x small_work_chunk_factor rounded up to a power of two, at
+    least two alignment units, where that is smaller."""
+    policy = planner.split_policy
+    kv_tokens = int((plan.section("work_kv_end") - plan.section("work_kv_start")).sum())
+    if policy.small_work_chunk_factor == 0:
+        return policy.min_chunk_tokens
+    share = kv_tokens * policy.small_work_chunk_factor // plan.num_ctas
+    floor = 2 * policy.chunk_align_tokens
+    while floor < share and floor < policy.min_chunk_tokens:
+        floor *= 2
+    return min(floor, policy.min_chunk_tokens)
+
+
 @pytest.mark.parametrize("name", list(issue_batches()))
 def test_balance_on_h100_grid(name):
     q_lens, kv_lens = issue_batches()[name]
@@ -198,7 +213,7 @@ def test_balance_on_h100_grid(name):
     policy = planner.split_policy
     start, end = plan.section("work_kv_start"), plan.section("work_kv_end")
     split = plan.section("work_partial_slot") >= 0
-    assert (end[split] - start[split] >= policy.min_chunk_tokens).all()
+    assert (end[split] - start[split] >= expected_chunk_floor(plan, planner)).all()
     assert (start[split] % policy.chunk_align_tokens == 0).all()
 
 
@@ -289,18 +304,31 @@ def test_long_decode_falls_back_to_split_tiles():
     assert balance(plan, planner) <= 1.10
 
 
-def test_tiny_work_runs_on_few_ctas_unsplit():
-    # One decode over 512 keys per KV head: a CTA's share (4 tokens of 132 CTAs x 8 heads)
-    # is far below a minimum chunk, so each head's tile stays whole instead of being cut
-    # into 16-token pieces merged from 32 slots.
+def test_tiny_work_runs_on_few_ctas_in_short_chunks():
+    # One decode over 512 keys per KV head: 31 KV tokens per CTA (all heads), far below
+    # min_chunk_tokens, so the plan's minimum chunk drops to 128 (4 x 31 rounded up to a power
+    # of two): each head's tile runs as 4 chunks of 128 keys on 32 CTAs, not as one 512-key
+    # item per head (8 CTAs walking 8 KV tiles each) nor as 16-token pieces on all 132.
     planner = make_planner()
     plan = planner.plan(indptr_of([1]), np.array([512], np.int32), AttentionVariant())
+    chunks = plan.section("work_kv_end") - plan.section("work_kv_start")
+    assert expected_chunk_floor(plan, planner) == 128
+    assert (chunks == 128).all() and plan.num_work_items == 32 and plan.num_merge_items == 8
+    # Without the small-work rule: one whole tile per head.
+    whole = make_planner(split_policy=SplitPolicy(small_work_chunk_factor=0))
+    plan = whole.plan(indptr_of([1]), np.array([512], np.int32), AttentionVariant())
     assert plan.num_work_items == 8 and plan.num_merge_items == 0
-    # 8192 keys: pieces of one minimum chunk on 128 CTAs, not 264 pieces of ~250 tokens.
+    # 8192 keys: 496 tokens per CTA x 4 is past min_chunk_tokens, so pieces of one minimum
+    # chunk on 128 CTAs, not 132 pieces of ~500 tokens.
     plan = planner.plan(indptr_of([1]), np.array([8192], np.int32), AttentionVariant())
     chunks = plan.section("work_kv_end") - plan.section("work_kv_start")
     assert (chunks == planner.split_policy.min_chunk_tokens).all()
     assert plan.num_merge_items == 8 and plan.num_work_items == 8 * 8192 // 512
+
+
+def test_split_policy_rejects_a_negative_small_work_factor():
+    with pytest.raises(ValueError, match="small_work_chunk_factor must be an int >= 0"):
+        SplitPolicy(small_work_chunk_factor=-1)
 
 
 # --- capacities and CUDA-graph safety ------------------------------------------------------

@@ -63,7 +63,8 @@ struct SchedulerConfig {
   double row_overhead_tokens;
   // Split policy (planner.py, "Split policy").
   double overfill_fraction;  // a CTA may exceed its target by this instead of a split
-  int min_chunk_tokens;      // no chunk cut from a tile is shorter than this
+  int min_chunk_tokens;      // no chunk cut from a tile is shorter than this ...
+  int small_work_chunk_factor;  // ... unless the batch's KV per CTA x this is shorter
   int chunk_align_tokens;    // chunk boundaries sit on multiples of this
   int sorted_tail_per_cta;   // the list schedule's last this x num_ctas tiles: longest first
 };
@@ -140,6 +141,7 @@ class PlanScheduler {
     causal_ = causal;
     window_left_ = window_left;
     const double total_cost = check_and_sum_cost(qo_indptr, kv_len, batch_size);
+    min_chunk_ = chunk_floor();
     wait_for_previous_copy();
     std::array<int, 3> counts;
     if (!deal_whole_tiles(batch_size, total_cost, counts)) {
@@ -224,6 +226,7 @@ class PlanScheduler {
     }
     double cost_per_kv_head = 0.0;
     std::int64_t tiles_per_kv_head = 0;
+    kv_tokens_per_kv_head_ = 0;
     for (int b = 0; b < batch_size; ++b) {
       const RequestShape r = request_shape(qo_indptr, kv_len, b);
       if (r.q_len < 0) {
@@ -260,6 +263,7 @@ class PlanScheduler {
       for (int i = first_tile_[b]; i < first_tile_[b + 1]; ++i) {
         tiles_[i] = tile_geometry(r, i - first_tile_[b]);
         tile_cost_[i] = item_cost(tiles_[i], tiles_[i].kv_end - tiles_[i].kv_begin);
+        kv_tokens_per_kv_head_ += tiles_[i].kv_end - tiles_[i].kv_begin;
         cost_per_kv_head += tile_cost_[i];
       }
     }
@@ -368,6 +372,21 @@ class PlanScheduler {
     heap[at] = moved;
   }
 
+  // The shortest chunk the stream cut may cut from a tile in this plan (planner.py, "Split
+  // policy"): min_chunk_tokens, or, when the batch's KV tokens per CTA (all KV heads) times
+  // small_work_chunk_factor fall below it, that product rounded up to a power of two (at
+  // least two alignment units): little work then spreads over more CTAs in shorter chunks.
+  int chunk_floor() const {
+    const int cap = config_.min_chunk_tokens;
+    if (config_.small_work_chunk_factor <= 0) return cap;
+    const std::int64_t share =
+        kv_tokens_per_kv_head_ * config_.num_kv_heads * config_.small_work_chunk_factor /
+        config_.num_ctas;
+    std::int64_t floor = 2 * static_cast<std::int64_t>(config_.chunk_align_tokens);
+    while (floor < share && floor < cap) floor *= 2;
+    return static_cast<int>(std::min<std::int64_t>(floor, cap));
+  }
+
   void write_header(int num_items, int num_merges, int num_slots, int max_merge_rows) {
     std::int32_t* header = section(0);
     header[0] = num_items;
@@ -444,7 +463,7 @@ class PlanScheduler {
               max_merge_q_len = std::max(max_merge_q_len, g.q_len);
             }
           };
-          const int min_chunk = config_.min_chunk_tokens;
+          const int min_chunk = min_chunk_;
           const int align = config_.chunk_align_tokens;
           while (true) {
             const int rest = g.kv_end - chunk_begin;
@@ -575,6 +594,8 @@ class PlanScheduler {
   std::vector<std::int32_t> first_tile_;
   std::vector<TileGeometry> tiles_;
   std::vector<double> tile_cost_;  // estimated cost of each whole tile
+  std::int64_t kv_tokens_per_kv_head_ = 0;  // KV tokens the batch's tiles visit, one KV head
+  int min_chunk_ = 0;                        // chunk_floor() of the current plan
 };
 
 using HostIndexArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;
@@ -603,6 +624,7 @@ void bind_planner(py::module_& m) {
       .def_readwrite("row_overhead_tokens", &SchedulerConfig::row_overhead_tokens)
       .def_readwrite("overfill_fraction", &SchedulerConfig::overfill_fraction)
       .def_readwrite("min_chunk_tokens", &SchedulerConfig::min_chunk_tokens)
+      .def_readwrite("small_work_chunk_factor", &SchedulerConfig::small_work_chunk_factor)
       .def_readwrite("chunk_align_tokens", &SchedulerConfig::chunk_align_tokens)
       .def_readwrite("sorted_tail_per_cta", &SchedulerConfig::sorted_tail_per_cta);
 
