@@ -50,6 +50,8 @@ SUPPORTED_HEAD_DIMS = (64, 128, 256)
 KERNEL_FAMILIES = ("auto", "sm80", "sm90")
 KERNEL_FAMILY_ENV = "FI_BACKEND_KERNEL_FAMILY"
 MAX_SMEM_PER_BLOCK_ENV = "FI_BACKEND_MAX_SMEM_PER_BLOCK"
+# Merge CTAs launched per attention CTA (see BatchAttention.__init__).
+MERGE_CTAS_PER_ATTENTION_CTA = 4
 SM90_CAPABILITY = (9, 0)
 SM90_IN_AUTO = True
 """Whether "auto" picks the Hopper family where it can run: validated against the oracle by
@@ -260,9 +262,12 @@ class BatchAttention:
                                      device=self.device)
         self.partial_lse = torch.empty(planner.partial_lse_shape, dtype=torch.float32,
                                        device=self.device)
-        # The merge grid is fixed too (the kernel reads the number of merge items from the
-        # plan header and strides over them).
-        self.num_merge_ctas = min(planner.capacity.num_ctas, planner.capacity.max_merge_items)
+        # The merge grid is fixed too: the kernel reads the number of merge items from the
+        # plan header and strides over (row, merge item). A split decode row is one unit of
+        # one CTA, so the grid is a few times the attention grid (merge CTAs are small) to
+        # run a decode batch's rows at once rather than in rounds.
+        self.num_merge_ctas = min(MERGE_CTAS_PER_ATTENTION_CTA * planner.capacity.num_ctas,
+                                  planner.capacity.max_merge_items * MAX_TILE_ROWS)
         self._plan: Plan | None = None
         self._plan_variant: AttentionVariant | None = None
         # The step inputs (kv, seq_lens, qo_indptr) last checked by run(): every layer of an

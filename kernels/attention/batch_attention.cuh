@@ -15,8 +15,8 @@
 //   An item with partial_slot < 0 covers its rows' whole KV range: it writes the final output
 //   (sinks applied) and the LSE. Otherwise it writes the float32 normalized output and the
 //   natural-log LSE (no sink) to its partial slot.
-// merge kernel: one merge item per split tile; folds its consecutive partial slots and writes
-//   the final output, applying sinks.
+// merge kernel: one merge item per split tile; folds its partial slots, each row's slots split
+//   over groups of the CTA's threads, and writes the final output, applying sinks.
 #pragma once
 
 #include <cstdint>
@@ -587,74 +587,94 @@ __global__ void __launch_bounds__(kAttentionThreads)
 constexpr int kMergeThreads = 128;
 constexpr int kSlotsInFlight = 8;
 
-// Folds the partial slots of each merge item into the final output. A unit of work is one
-// pass of the CTA (kMergeThreads threads, kCols columns each) over a block of a merge item's
-// rows; the grid strides over (row block, merge item), row block outermost, so that a
-// decode plan's small items (one block each) spread over all CTAs as before, while a split
-// 128-row tile (a long prefill chunk, a cascade prefix) no longer merges in one CTA: its
-// blocks run on many. The grid is fixed while the number of merge items varies.
+// Folds the partial slots of each merge item into the final output. A unit of work is one row
+// of one merge item, run by the whole CTA: kSlotGroups groups of threads split the row's slots
+// (group i takes every kSlotGroups-th slot from the i-th), each thread kCols columns, and the
+// groups' states are folded through shared memory. A split decode row has one slot per CTA
+// that worked on it (33 at 1 x 32768 on an H100); folding them in one thread took a chain of
+// dependent L2 round trips (the merge was 7.8 us of a 71 us decode), in groups it takes one or
+// two. The grid strides over (row, merge item), row outermost, so that the rows of a decode
+// plan's small items spread over the CTAs, as do the 128 rows of a split prefill tile. The
+// grid is fixed while the number of merge items varies.
 template <typename T, int HEAD_DIM>
 __global__ void __launch_bounds__(kMergeThreads)
     merge_partial_states_kernel(const BatchAttentionParams p) {
   constexpr int kCols = 4;
-  constexpr int kThreadsPerRow = HEAD_DIM / kCols;
-  static_assert(kMergeThreads % kThreadsPerRow == 0, "a pass covers whole rows");
-  constexpr int kRowsPerBlock = kMergeThreads / kThreadsPerRow;
+  constexpr int kColThreads = HEAD_DIM / kCols;  // threads that cover one row
+  static_assert(kMergeThreads % kColThreads == 0, "the CTA is a whole number of slot groups");
+  constexpr int kSlotGroups = kMergeThreads / kColThreads;
+  __shared__ float4 group_o[kSlotGroups][kColThreads];
+  __shared__ float group_m[kSlotGroups][kColThreads];
+  __shared__ float group_d[kSlotGroups][kColThreads];
+
   const PlanView& plan = p.plan;
   const int num_merge_items = plan.header[kPlanHeaderNumMergeItems];
-  const int row_blocks =
-      (plan.header[kPlanHeaderMaxMergeRows] + kRowsPerBlock - 1) / kRowsPerBlock;
-  const int num_units = num_merge_items * row_blocks;
+  const int num_units = num_merge_items * plan.header[kPlanHeaderMaxMergeRows];
+  const int slot_group = threadIdx.x / kColThreads;
+  const int col_thread = threadIdx.x % kColThreads;
+  const int col = col_thread * kCols;
   for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x) {
     const int mi = unit % num_merge_items;
-    const int row = unit / num_merge_items * kRowsPerBlock + threadIdx.x / kThreadsPerRow;
-    const int col = threadIdx.x % kThreadsPerRow * kCols;
+    const int row = unit / num_merge_items;
     const int request = plan.merge_request[mi];
     WorkItem item;
     item.kv_head = plan.merge_kv_head[mi];
     item.group = p.group_size;
     item.rows = plan.merge_q_len[mi] * static_cast<int>(p.group_size.divisor);
+    if (row >= item.rows) continue;  // the same for the whole CTA
     item.q_token0 = p.qo_indptr[request] + plan.merge_q_start[mi];
     item.partial_slot = -1;  // final output
+    // The item's own slots, then (cascade plans) the extra range, each at its row offset, as
+    // one sequence of num_slots slots.
+    const int own_slot_start = plan.merge_slot_start[mi];
+    const int own_slots = plan.merge_num_slots[mi];
+    const int own_slot_row = plan.merge_slot_row[mi] + row;
+    const int extra_slot_start = plan.merge_extra_slot_start[mi];
+    const int extra_slot_row = plan.merge_extra_slot_row[mi] + row;
+    const int num_slots = own_slots + plan.merge_extra_num_slots[mi];
     // Launched as the attention kernel's programmatic dependent on sm90 (its launch overlaps
     // that kernel's tail): the plan and the query offsets are older than that kernel and may
     // be read before it finishes, the partial states it writes only after.
     wait_for_kernel_ahead();
-    if (row < item.rows) {
-      SoftmaxState<kCols> state;
-      state.init();
-      // The item's own slots, then (cascade plans) the extra range, each at its row offset.
-      const int slot_starts[2] = {plan.merge_slot_start[mi], plan.merge_extra_slot_start[mi]};
-      const int slot_counts[2] = {plan.merge_num_slots[mi], plan.merge_extra_num_slots[mi]};
-      const int slot_rows[2] = {plan.merge_slot_row[mi] + row,
-                                plan.merge_extra_slot_row[mi] + row};
-#pragma unroll 1
-      for (int range = 0; range < 2; ++range) {
-        const int slot0 = slot_starts[range], num_slots = slot_counts[range];
-        const int slot_row = slot_rows[range];
-        // kSlotsInFlight independent loads before the (sequential) merges, so that a long
-        // split costs a few memory latencies rather than one per slot.
-        for (int first = slot0; first < slot0 + num_slots; first += kSlotsInFlight) {
-          float4 part[kSlotsInFlight];
-          float lse_log2[kSlotsInFlight];
+    SoftmaxState<kCols> state;
+    state.init();
+    // kSlotsInFlight independent loads before the (sequential) merges, so that a long split
+    // costs a few memory latencies rather than one per slot.
+    for (int first = slot_group; first < num_slots; first += kSlotsInFlight * kSlotGroups) {
+      float4 part[kSlotsInFlight];
+      float lse_log2[kSlotsInFlight];
 #pragma unroll
-          for (int i = 0; i < kSlotsInFlight; ++i) {
-            const int slot = first + i;
-            if (slot < slot0 + num_slots) {
-              part[i] = *reinterpret_cast<const float4*>(
-                  p.partial_o +
-                  (static_cast<std::int64_t>(slot) * kMaxTileRows + slot_row) * HEAD_DIM + col);
-              lse_log2[i] = lse_ln_to_log2(p.partial_lse[slot * kMaxTileRows + slot_row]);
-            } else {
-              lse_log2[i] = kNegInf;  // past the end: an empty state, skipped by merge
-            }
-          }
-#pragma unroll
-          for (int i = 0; i < kSlotsInFlight; ++i) {
-            const float part_o[kCols] = {part[i].x, part[i].y, part[i].z, part[i].w};
-            state.merge_normalized(part_o, lse_log2[i]);
-          }
+      for (int i = 0; i < kSlotsInFlight; ++i) {
+        const int k = first + i * kSlotGroups;
+        if (k < num_slots) {
+          const bool own = k < own_slots;
+          const std::int64_t slot_row =
+              own ? static_cast<std::int64_t>(own_slot_start + k) * kMaxTileRows + own_slot_row
+                  : static_cast<std::int64_t>(extra_slot_start + k - own_slots) * kMaxTileRows +
+                        extra_slot_row;
+          part[i] = *reinterpret_cast<const float4*>(p.partial_o + slot_row * HEAD_DIM + col);
+          lse_log2[i] = lse_ln_to_log2(p.partial_lse[slot_row]);
+        } else {
+          lse_log2[i] = kNegInf;  // past the end: an empty state, skipped by merge
         }
+      }
+#pragma unroll
+      for (int i = 0; i < kSlotsInFlight; ++i) {
+        const float part_o[kCols] = {part[i].x, part[i].y, part[i].z, part[i].w};
+        state.merge_normalized(part_o, lse_log2[i]);
+      }
+    }
+    group_o[slot_group][col_thread] =
+        make_float4(state.o_acc[0], state.o_acc[1], state.o_acc[2], state.o_acc[3]);
+    group_m[slot_group][col_thread] = state.m;
+    group_d[slot_group][col_thread] = state.d;
+    __syncthreads();
+    if (slot_group == 0) {
+#pragma unroll
+      for (int g = 1; g < kSlotGroups; ++g) {
+        const float4 o = group_o[g][col_thread];
+        const float other_o[kCols] = {o.x, o.y, o.z, o.w};
+        state.merge(other_o, group_m[g][col_thread], group_d[g][col_thread]);
       }
       float out[kCols];
       state.normalized_output(out);
@@ -662,6 +682,7 @@ __global__ void __launch_bounds__(kMergeThreads)
       writer.store(col, out);
       if (col == 0) writer.store_lse();
     }
+    __syncthreads();  // the next unit overwrites the groups' states
   }
 }
 
