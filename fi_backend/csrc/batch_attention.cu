@@ -9,6 +9,7 @@
 #include "batch_attention.h"
 #include "common/cuda_check.cuh"
 #include "dispatch.cuh"
+#include "programmatic_launch.cuh"
 
 namespace fi_backend {
 namespace {
@@ -91,9 +92,17 @@ void launch_footprint(const BatchAttentionLaunch& l) {
       <<<l.num_ctas, fi_kernels::kAttentionThreads, kSmemBytes, stream>>>(l.params);
   FI_CHECK_LAUNCH("batch_attention_kernel");
   if (l.num_merge_ctas > 0) {
-    fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>
-        <<<l.num_merge_ctas, fi_kernels::kMergeThreads, 0, stream>>>(l.params);
-    FI_CHECK_LAUNCH("merge_partial_states_kernel");
+    // On sm90+ the merge is a programmatic dependent of the attention kernel, as in the Hopper
+    // family: its launch and plan loads overlap the attention kernel's last CTAs.
+    auto* merge = fi_kernels::merge_partial_states_kernel<T, HEAD_DIM>;
+    if (device_has_programmatic_launch()) {
+      FI_CUDA_CHECK(launch_programmatic_dependent(merge, l.num_merge_ctas,
+                                                  fi_kernels::kMergeThreads, 0, stream,
+                                                  l.params));
+    } else {
+      merge<<<l.num_merge_ctas, fi_kernels::kMergeThreads, 0, stream>>>(l.params);
+      FI_CHECK_LAUNCH("merge_partial_states_kernel");
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 #include "batch_attention_sm90.h"
 #include "common/cuda_check.cuh"
 #include "dispatch.cuh"
+#include "programmatic_launch.cuh"
 
 namespace fi_backend {
 namespace {
@@ -34,24 +35,6 @@ std::string supported_head_dims() {
     names += (names.empty() ? "" : ", ") + std::to_string(head_dim);
   }
   return names;
-}
-
-// Launches `kernel` with programmatic stream serialization (see launch_typed).
-template <typename Kernel>
-cudaError_t launch_programmatic_dependent(Kernel* kernel, int grid, int block, int smem_bytes,
-                                          cudaStream_t stream,
-                                          const fi_kernels::BatchAttentionParams& params) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(grid));
-  config.blockDim = dim3(static_cast<unsigned>(block));
-  config.dynamicSmemBytes = static_cast<std::size_t>(smem_bytes);
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, params);
 }
 
 template <typename T, int HEAD_DIM>

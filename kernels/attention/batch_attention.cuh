@@ -564,6 +564,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
                 "the shared-memory base is aligned for step_columns");
   using Prefill = PrefillShape<HEAD_DIM, COMPACT>;
   using Decode = DecodeShape<HEAD_DIM, COMPACT>;
+  // The split merge (launched as a programmatic dependent on sm90+) may be scheduled now: its
+  // CTAs take SMs as this kernel's CTAs leave and wait for the kernel to finish.
+  allow_dependent_launch();
   const AttentionVariant variant{p.variant};
   const int first = p.plan.cta_work_indptr[blockIdx.x];
   const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
