@@ -219,23 +219,29 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
   // stage of tile t - 1 for the copies of tile t + kStages - 1. `ahead` holds the rows of the
   // next tile to copy, looked up one tile early.
   typename Loader::template TileRows<kTileKv> ahead;
-#pragma unroll
-  for (int t = 0; t < kStages - 1; ++t) {
+  auto look_up = [&](int t) {
+    if (t < num_tiles) ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + t * kTileKv);
+  };
+  // Copies K and V of tile t (its rows in `ahead`) into stage t % kStages as two groups; past
+  // the last tile the groups are empty.
+  auto copy_tile = [&](int t) {
     if (t < num_tiles) {
       const int tile_lo = item.kv_lo + t * kTileKv;
-      ahead = loader.template look_up_rows<kTileKv>(tile_lo);
-      loader.template load_tile<kTileKv, false>(tile_lo, ahead, smem.k_stage(t));
+      loader.template load_tile<kTileKv, false>(tile_lo, ahead, smem.k_stage(t % kStages));
       mma::cp_async_commit();
-      loader.template load_tile<kTileKv, true>(tile_lo, ahead, smem.v_stage(t));
+      loader.template load_tile<kTileKv, true>(tile_lo, ahead, smem.v_stage(t % kStages));
       mma::cp_async_commit();
     } else {
       mma::cp_async_commit();
       mma::cp_async_commit();
     }
+  };
+#pragma unroll
+  for (int t = 0; t < kStages - 1; ++t) {
+    look_up(t);
+    copy_tile(t);
   }
-  if (kStages - 1 < num_tiles) {
-    ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + (kStages - 1) * kTileKv);
-  }
+  look_up(kStages - 1);
 
   // Per-thread rows: in row block mb of the warp, item rows row_of(mb, 0) and row_of(mb, 1).
   const int g = lane / 4;
@@ -288,21 +294,8 @@ __device__ __forceinline__ void attend_tile(const BatchAttentionParams& p,
 
     mma::cp_async_wait<kGroupsAhead>();  // K_t and V_t (and Q) landed
     __syncthreads();                     // ... for every thread; stage (t-1) % kStages is free
-    if (prefetch < num_tiles) {
-      const int prefetch_lo = item.kv_lo + prefetch * kTileKv;
-      loader.template load_tile<kTileKv, false>(prefetch_lo, ahead,
-                                                smem.k_stage(prefetch % kStages));
-      mma::cp_async_commit();
-      loader.template load_tile<kTileKv, true>(prefetch_lo, ahead,
-                                               smem.v_stage(prefetch % kStages));
-      mma::cp_async_commit();
-    } else {
-      mma::cp_async_commit();
-      mma::cp_async_commit();
-    }
-    if (prefetch + 1 < num_tiles) {
-      ahead = loader.template look_up_rows<kTileKv>(item.kv_lo + (prefetch + 1) * kTileKv);
-    }
+    copy_tile(prefetch);
+    look_up(prefetch + 1);
 
     float s[kRowBlocks][kBlocksS][4];
     if (warp_has_rows) {
@@ -564,6 +557,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
                 "the shared-memory base is aligned for step_columns");
   using Prefill = PrefillShape<HEAD_DIM, COMPACT>;
   using Decode = DecodeShape<HEAD_DIM, COMPACT>;
+  // Compact head_dim 256 runs decode items through the prefill tile (DecodeShape): the decode
+  // branch below is not compiled there.
+  constexpr bool kOneTileShape = has_one_tile_shape<HEAD_DIM, COMPACT>();
   // The split merge (launched as a programmatic dependent on sm90+) may be scheduled now: its
   // CTAs take SMs as this kernel's CTAs leave and wait for the kernel to finish.
   allow_dependent_launch();
@@ -572,11 +568,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
   const int last = p.plan.cta_work_indptr[blockIdx.x + 1];
   for (int w = first; w < last; ++w) {
     const WorkItem item = load_work_item(p, variant, w);
-    if constexpr (has_one_tile_shape<HEAD_DIM, COMPACT>()) {
+    if (kOneTileShape || (PREFILL_TILES && item.rows > kDecodeMaxRows)) {
       attend_item<T, Prefill>(p, variant, item, smem_base);
-    } else if (PREFILL_TILES && item.rows > kDecodeMaxRows) {
-      attend_item<T, Prefill>(p, variant, item, smem_base);
-    } else {
+    } else if constexpr (!kOneTileShape) {
       if constexpr (PREFILL_TILES) {
         attend_item_out_of_line<T, Decode>(p, variant, item, smem_base);
       } else {
