@@ -629,9 +629,10 @@ __global__ void __launch_bounds__(kMergeThreads)
     const int extra_slot_start = plan.merge_extra_slot_start[mi];
     const int extra_slot_row = plan.merge_extra_slot_row[mi] + row;
     const int num_slots = own_slots + plan.merge_extra_num_slots[mi];
-    // Launched as the attention kernel's programmatic dependent on sm90 (its launch overlaps
-    // that kernel's tail): the plan and the query offsets are older than that kernel and may
-    // be read before it finishes, the partial states it writes only after.
+    // Launched as the attention kernel's programmatic dependent on sm90+ devices, by both
+    // families (its launch overlaps that kernel's tail): the plan and the query offsets are
+    // older than that kernel and may be read before it finishes, the partial states it writes
+    // only after.
     wait_for_kernel_ahead();
     SoftmaxState<kCols> state;
     state.init();
