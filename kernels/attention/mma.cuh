@@ -145,7 +145,6 @@ struct SwizzledTile {
     }
     return true;
   }
-  static_assert(octets_keep_distance(), "chunks 8 apart keep their distance");
 };
 
 }  // namespace fi_kernels
