@@ -104,6 +104,36 @@ def test_translation_rejects_bad_inputs_before_writing():
         block_table_to_bsr(block_table, seq_lens, 0)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_size,max_blocks,page_size", [
+    (1, 2056, 16),   # one long request (fi-bench's long context)
+    (64, 73, 16),    # a decode batch
+    (300, 40, 16),   # more requests than the kernel's threads: several per thread
+    (1025, 3, 5),    # many CTAs' worth of slots, page size not a power of two
+    (3, 7, 1),
+    (4, 0, 16),      # no columns: every request empty
+])
+@pytest.mark.parametrize("column_major", [False, True])
+def test_gpu_translation_of_a_column_slice_matches_naive(batch_size, max_blocks, page_size,
+                                                         column_major):
+    """The one-launch translation on a GPU (row-major tables) and the tensor-code form it
+    falls back to (other strides), on slices of a wider table as the builder passes them."""
+    gen = torch.Generator().manual_seed(batch_size * 7 + max_blocks)
+    wide, seq_lens = random_batch(gen, batch_size, max_blocks + 5, page_size, num_pages=4096)
+    seq_lens = seq_lens.clamp(max=max_blocks * page_size)
+    seq_lens[::3] = 0
+    wide = wide.cuda()
+    if column_major:
+        wide = wide.t().contiguous().t()
+    table = wide[:, 2:2 + max_blocks]
+    buffers = BsrBuffers(max_requests=batch_size, max_pages=max(batch_size * max_blocks, 1),
+                         device="cuda")
+    buffers.indices.fill_(-1)
+    kv = block_table_to_bsr(table, seq_lens.cuda(), page_size, out=buffers)
+    torch.cuda.synchronize()
+    assert_translation_is_naive(kv, table.cpu(), seq_lens, page_size)
+
+
 def test_vllm_packed_views_read_the_right_bytes():
     num_blocks, block_size, num_kv_heads, head_dim = 3, 4, 2, 8
     # vLLM allocates physical (blocks, tokens, heads, 2*head_dim) and hands over the permuted

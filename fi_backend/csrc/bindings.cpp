@@ -10,6 +10,7 @@ void bind_batch_attention_sm90(pybind11::module_& m);
 void bind_planner(pybind11::module_& m);
 void bind_append_kv(pybind11::module_& m);
 void bind_shared_prefix(pybind11::module_& m);
+void bind_block_table_to_bsr(pybind11::module_& m);
 }  // namespace fi_backend
 
 PYBIND11_MODULE(_C, m) {
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_C, m) {
   fi_backend::bind_planner(m);
   fi_backend::bind_append_kv(m);
   fi_backend::bind_shared_prefix(m);
+  fi_backend::bind_block_table_to_bsr(m);
 }

@@ -5,8 +5,9 @@ KV pages `indices[indptr[b]:indptr[b+1]]`, in sequence order, all full except th
 holds `last_page_len[b]` tokens (1..page_size; 0 for a request with no pages). A shared prefix
 is one more BSR row that a group of requests attends to (two levels, merged by LSE).
 
-Everything here that takes device tensors runs as device tensor ops only: no Python loop over
-requests and no device-to-host copy, so it may run inside a CUDA graph. Checks use shapes
+Everything here that takes device tensors runs on the device only (tensor ops, or one kernel of
+`fi_backend._C` on a GPU): no Python loop over requests and no device-to-host copy, so it may
+run inside a CUDA graph. Checks use shapes
 (host-known) only; data preconditions are stated in the docstrings.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "BsrBuffers",
     "KV_CACHE_LAYOUTS",
     "block_table_to_bsr",
+    "block_table_to_bsr_tensor_ops",
     "split_kv_cache",
     "split_shared_prefix",
 ]
@@ -161,7 +163,7 @@ def _check_translation_inputs(block_table: torch.Tensor, seq_lens: torch.Tensor,
 
 def block_table_to_bsr(block_table: torch.Tensor, seq_lens: torch.Tensor, page_size: int,
                        out: BsrBuffers | None = None) -> BlockSparseKV:
-    """vLLM block table -> BlockSparseKV, with device tensor ops only.
+    """vLLM block table -> BlockSparseKV, on the tensors' device, without a host copy.
 
     block_table: int32 [B, max_blocks], row b's first `ceil(seq_lens[b] / page_size)` entries
                  are request b's pages in order (precondition: that count <= max_blocks).
@@ -170,7 +172,57 @@ def block_table_to_bsr(block_table: torch.Tensor, seq_lens: torch.Tensor, page_s
 
     `indices` has the host-known length B * max_blocks: the nnz pages packed in request order,
     then padding with page 0 (so every slot a kernel might prefetch is a valid page).
+
+    On a GPU this is one kernel (`_C.block_table_to_bsr`): the builder runs it before every
+    engine step, where the tensor-code form below costs ~27 launches. The tensor code runs
+    elsewhere (CPU steps) and stays the kernel's reference.
     """
+    _check_translation_inputs(block_table, seq_lens, page_size, out)
+    if block_table.is_cuda and _translation_kernel_applies(block_table, seq_lens):
+        return _block_table_to_bsr_kernel(block_table, seq_lens, page_size, out)
+    return block_table_to_bsr_tensor_ops(block_table, seq_lens, page_size, out)
+
+
+def _translation_kernel_applies(block_table: torch.Tensor, seq_lens: torch.Tensor) -> bool:
+    from fi_backend import _C
+
+    batch_size, max_blocks = block_table.shape
+    return (batch_size <= _C.BLOCK_TABLE_TO_BSR_MAX_REQUESTS
+            and (max_blocks <= 1 or block_table.stride(1) == 1)
+            and (batch_size <= 1 or (block_table.stride(0) >= max_blocks
+                                     and seq_lens.stride(0) == 1)))
+
+
+def _block_table_to_bsr_kernel(block_table: torch.Tensor, seq_lens: torch.Tensor,
+                               page_size: int, out: BsrBuffers | None) -> BlockSparseKV:
+    from fi_backend import _C
+    from fi_backend._streams import current_raw_stream
+
+    batch_size, max_blocks = block_table.shape
+    if out is None:
+        indptr = torch.empty(batch_size + 1, dtype=torch.int32, device=block_table.device)
+        indices = torch.empty(batch_size * max_blocks, dtype=torch.int32,
+                              device=block_table.device)
+        last_page_len = torch.empty(batch_size, dtype=torch.int32, device=block_table.device)
+    else:
+        indptr = out.indptr[:batch_size + 1]
+        indices = out.indices[:batch_size * max_blocks]
+        last_page_len = out.last_page_len[:batch_size]
+    with torch.cuda.device(block_table.device):
+        _C.block_table_to_bsr(
+            block_table=block_table.data_ptr(),
+            row_stride=block_table.stride(0) if batch_size > 1 else max_blocks,
+            num_reqs=batch_size, max_blocks=max_blocks, seq_lens=seq_lens.data_ptr(),
+            page_size=page_size, indptr=indptr.data_ptr(), indices=indices.data_ptr(),
+            last_page_len=last_page_len.data_ptr(),
+            stream=current_raw_stream(block_table.device))
+    return BlockSparseKV(indptr, indices, last_page_len, page_size)
+
+
+def block_table_to_bsr_tensor_ops(block_table: torch.Tensor, seq_lens: torch.Tensor,
+                                  page_size: int, out: BsrBuffers | None = None
+                                  ) -> BlockSparseKV:
+    """`block_table_to_bsr` in device tensor ops (any device, any strides; capturable)."""
     _check_translation_inputs(block_table, seq_lens, page_size, out)
     batch_size, max_blocks = block_table.shape
     capacity = batch_size * max_blocks
