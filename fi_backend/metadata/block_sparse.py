@@ -7,8 +7,8 @@ is one more BSR row that a group of requests attends to (two levels, merged by L
 
 Everything here that takes device tensors runs on the device only (tensor ops, or one kernel of
 `fi_backend._C` on a GPU): no Python loop over requests and no device-to-host copy, so it may
-run inside a CUDA graph. Checks use shapes
-(host-known) only; data preconditions are stated in the docstrings.
+run inside a CUDA graph. Checks use shapes (host-known) only; data preconditions are stated in
+the docstrings.
 """
 
 from __future__ import annotations
@@ -179,8 +179,8 @@ def block_table_to_bsr(block_table: torch.Tensor, seq_lens: torch.Tensor, page_s
     """
     _check_translation_inputs(block_table, seq_lens, page_size, out)
     if block_table.is_cuda and _translation_kernel_applies(block_table, seq_lens):
-        return _block_table_to_bsr_kernel(block_table, seq_lens, page_size, out)
-    return block_table_to_bsr_tensor_ops(block_table, seq_lens, page_size, out)
+        return _translate_with_kernel(block_table, seq_lens, page_size, out)
+    return _translate_with_tensor_ops(block_table, seq_lens, page_size, out)
 
 
 def _translation_kernel_applies(block_table: torch.Tensor, seq_lens: torch.Tensor) -> bool:
@@ -193,8 +193,8 @@ def _translation_kernel_applies(block_table: torch.Tensor, seq_lens: torch.Tenso
                                      and seq_lens.stride(0) == 1)))
 
 
-def _block_table_to_bsr_kernel(block_table: torch.Tensor, seq_lens: torch.Tensor,
-                               page_size: int, out: BsrBuffers | None) -> BlockSparseKV:
+def _translate_with_kernel(block_table: torch.Tensor, seq_lens: torch.Tensor, page_size: int,
+                           out: BsrBuffers | None) -> BlockSparseKV:
     from fi_backend import _C
     from fi_backend._streams import current_raw_stream
 
@@ -224,6 +224,11 @@ def block_table_to_bsr_tensor_ops(block_table: torch.Tensor, seq_lens: torch.Ten
                                   ) -> BlockSparseKV:
     """`block_table_to_bsr` in device tensor ops (any device, any strides; capturable)."""
     _check_translation_inputs(block_table, seq_lens, page_size, out)
+    return _translate_with_tensor_ops(block_table, seq_lens, page_size, out)
+
+
+def _translate_with_tensor_ops(block_table: torch.Tensor, seq_lens: torch.Tensor,
+                               page_size: int, out: BsrBuffers | None) -> BlockSparseKV:
     batch_size, max_blocks = block_table.shape
     capacity = batch_size * max_blocks
     device = block_table.device
