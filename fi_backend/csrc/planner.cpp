@@ -141,7 +141,6 @@ class PlanScheduler {
     causal_ = causal;
     window_left_ = window_left;
     const double total_cost = check_and_sum_cost(qo_indptr, kv_len, batch_size);
-    min_chunk_ = chunk_floor();
     wait_for_previous_copy();
     std::array<int, 3> counts;
     if (!deal_whole_tiles(batch_size, total_cost, counts)) {
@@ -407,6 +406,7 @@ class PlanScheduler {
     // A split adds one item's overhead; budget it (for a decode-sized tile) into the
     // targets of the CTAs still to fill, so that the last CTA does not collect it all.
     const double split_overhead = item_overhead(config_.row_granule);
+    const int min_chunk = chunk_floor();
     double unassigned = total_cost;
     int cta = 0;
     double cta_load = 0.0;
@@ -463,7 +463,6 @@ class PlanScheduler {
               max_merge_q_len = std::max(max_merge_q_len, g.q_len);
             }
           };
-          const int min_chunk = min_chunk_;
           const int align = config_.chunk_align_tokens;
           while (true) {
             const int rest = g.kv_end - chunk_begin;
@@ -595,7 +594,6 @@ class PlanScheduler {
   std::vector<TileGeometry> tiles_;
   std::vector<double> tile_cost_;  // estimated cost of each whole tile
   std::int64_t kv_tokens_per_kv_head_ = 0;  // KV tokens the batch's tiles visit, one KV head
-  int min_chunk_ = 0;                        // chunk_floor() of the current plan
 };
 
 using HostIndexArray = py::array_t<std::int32_t, py::array::c_style | py::array::forcecast>;

@@ -175,13 +175,10 @@ class SplitPolicy:
                 f"SplitPolicy needs chunk_align_tokens >= 1 and min_chunk_tokens >= "
                 f"chunk_align_tokens; got {self.chunk_align_tokens!r} and "
                 f"{self.min_chunk_tokens!r}")
-        if not (isinstance(self.small_work_chunk_factor, int)
-                and self.small_work_chunk_factor >= 0):
-            raise ValueError(f"SplitPolicy.small_work_chunk_factor must be an int >= 0; got "
-                             f"{self.small_work_chunk_factor!r}")
-        if not (isinstance(self.sorted_tail_per_cta, int) and self.sorted_tail_per_cta >= 0):
-            raise ValueError(f"SplitPolicy.sorted_tail_per_cta must be an int >= 0; got "
-                             f"{self.sorted_tail_per_cta!r}")
+        for name in ("small_work_chunk_factor", "sorted_tail_per_cta"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"SplitPolicy.{name} must be an int >= 0; got {value!r}")
 
 
 class Plan:
